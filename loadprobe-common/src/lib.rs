@@ -1,0 +1,161 @@
+//! Types shared by the eBPF programs and userspace.
+//!
+//! Everything here is `#[repr(C)]` with fixed-width fields and explicit padding, so that both
+//! sides agree on the layout byte for byte. Userspace implements [`aya::Pod`] for them behind the
+//! `user` feature.
+#![no_std]
+
+/// What an [`Event`] reports.
+pub mod kind {
+    /// `sock:inet_sock_set_state` on a TCP socket: `old_state` -> `new_state`.
+    pub const SET_STATE: u8 = 1;
+    /// `timer:timer_start` of a timewait socket's timer: the socket was created (or rescheduled).
+    pub const TW_START: u8 = 2;
+    /// `timer:timer_cancel` of a timewait socket's timer: expiry, reschedule or early kill.
+    pub const TW_CANCEL: u8 = 3;
+    /// `timer:timer_expire_entry` of a timewait socket's timer: natural expiry.
+    pub const TW_EXPIRE: u8 = 4;
+    /// `tcp:tcp_send_reset` from a full socket: this end aborted with an RST.
+    pub const RST_SENT: u8 = 5;
+    /// `tcp:tcp_receive_reset` on a full socket: the peer aborted with an RST.
+    pub const RST_RECEIVED: u8 = 6;
+}
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// One event from the kernel, as it travels through the ring buffer.
+///
+/// A single fixed-size shape for every kind keeps the ring buffer simple and the decoder one
+/// function. Ports are in host byte order; addresses hold 4 bytes (IPv4) or 16 (IPv6) according
+/// to `family`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, comparable with userspace's clock.
+    pub ts_ns: u64,
+    /// Kernel address of the full socket (`SET_STATE`, `RST_*`) or of the timewait socket (`TW_*`).
+    pub addr: u64,
+    /// Timewait events: the timer's `expires`; `TW_START` also fills `bucket_expiry`.
+    pub expires: u64,
+    /// `TW_START`: the wheel bucket's expiry in jiffies: when the timer really fires.
+    pub bucket_expiry: u64,
+    /// Timewait events: jiffies at the event (`TW_CANCEL`: 0, the tracepoint does not carry it).
+    pub now: u64,
+    /// Network namespace inode of the socket.
+    pub netns: u32,
+    /// Local and remote port, host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// One of [`kind`].
+    pub kind: u8,
+    /// `SET_STATE`: old state. Timewait events: the substate (`FIN_WAIT2` or `TIME_WAIT`).
+    pub old_state: u8,
+    /// `SET_STATE`: new state.
+    pub new_state: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Byte offsets the programs need, computed by userspace from the running kernel's BTF at load
+/// time: nothing about kernel layouts is compiled into the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    // `struct sock_common`, which also starts `struct inet_timewait_sock`.
+    pub skc_daddr: u16,
+    pub skc_rcv_saddr: u16,
+    pub skc_dport: u16,
+    pub skc_num: u16,
+    pub skc_family: u16,
+    pub skc_net: u16,
+    pub skc_v6_daddr: u16,
+    pub skc_v6_rcv_saddr: u16,
+    /// `struct net` -> `ns.inum`.
+    pub net_inum: u16,
+    /// `struct inet_timewait_sock`.
+    pub tw_substate: u16,
+    pub tw_timer: u16,
+    /// `struct timer_list`.
+    pub timer_function: u16,
+    pub timer_expires: u16,
+    // Tracepoint records (`struct trace_event_raw_*`).
+    pub sss_skaddr: u16,
+    pub sss_oldstate: u16,
+    pub sss_newstate: u16,
+    pub sss_sport: u16,
+    pub sss_dport: u16,
+    pub sss_family: u16,
+    pub sss_protocol: u16,
+    pub sss_saddr: u16,
+    pub sss_daddr: u16,
+    pub sss_saddr_v6: u16,
+    pub sss_daddr_v6: u16,
+    pub start_timer: u16,
+    pub start_function: u16,
+    pub start_expires: u16,
+    pub start_bucket_expiry: u16,
+    pub start_now: u16,
+    pub cancel_timer: u16,
+    pub expire_timer: u16,
+    pub expire_now: u16,
+    pub expire_function: u16,
+    /// `tcp_send_reset` and `tcp_receive_reset` (`trace_event_raw_tcp_event_sk`).
+    pub rst_sent_skaddr: u16,
+    pub rst_received_skaddr: u16,
+    pub _pad: u16,
+}
+
+/// Run-time configuration of the programs, written into the `CONFIG` map before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Address of `tw_timer_handler` (from /proc/kallsyms); 0 turns timewait tracing off.
+    pub tw_timer_handler: u64,
+    /// Only sockets in this network namespace (inode); 0 = all namespaces.
+    pub netns: u32,
+    /// 1 when the `PORTS` map lists the ports of interest; 0 = every port.
+    pub filter_ports: u32,
+    pub offsets: Offsets,
+}
+
+/// Number of ports the in-kernel port filter holds.
+pub const MAX_PORTS: u32 = 1024;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` data with explicit padding; any byte pattern is valid.
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<Event>(), 88);
+        assert_eq!(core::mem::size_of::<Offsets>(), 72);
+        assert_eq!(core::mem::size_of::<Config>(), 88);
+    }
+}

@@ -1,0 +1,4 @@
+//! loadprobe: a load generator that proves, with eBPF, how every TCP connection it makes ends:
+//! who closed it, and how long its TIME_WAIT socket lived.
+
+pub mod probe;

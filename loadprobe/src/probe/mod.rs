@@ -1,0 +1,1 @@
+//! The eBPF probe: loading, configuring and reading the kernel programs.
