@@ -183,7 +183,12 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let cfg = config();
-    let _ = reset_event(&cfg, &ctx, cfg.offsets.rst_received_skaddr, kind::RST_RECEIVED);
+    let _ = reset_event(
+        &cfg,
+        &ctx,
+        cfg.offsets.rst_received_skaddr,
+        kind::RST_RECEIVED,
+    );
     0
 }
 
@@ -265,7 +270,9 @@ pub fn timer_start(ctx: TracePointContext) -> u32 {
 fn try_timer_start(ctx: &TracePointContext) -> Result<(), i32> {
     let handler = tw_timer_handler();
     // Offsets are read only after the cheap test; `start_function` comes first.
-    let function: u64 = field(ctx, unsafe { core::ptr::read_volatile(&CONFIG.offsets.start_function) })?;
+    let function: u64 = field(ctx, unsafe {
+        core::ptr::read_volatile(&CONFIG.offsets.start_function)
+    })?;
     if handler == 0 || function != handler {
         return Ok(());
     }
@@ -311,13 +318,22 @@ pub fn timer_expire_entry(ctx: TracePointContext) -> u32 {
 
 fn try_timer_expire(ctx: &TracePointContext) -> Result<(), i32> {
     let handler = tw_timer_handler();
-    let function: u64 = field(ctx, unsafe { core::ptr::read_volatile(&CONFIG.offsets.expire_function) })?;
+    let function: u64 = field(ctx, unsafe {
+        core::ptr::read_volatile(&CONFIG.offsets.expire_function)
+    })?;
     if handler == 0 || function != handler {
         return Ok(());
     }
     let cfg = config();
     let now: u64 = field(ctx, cfg.offsets.expire_now)?;
-    timewait_event(&cfg, field(ctx, cfg.offsets.expire_timer)?, kind::TW_EXPIRE, 0, 0, now)
+    timewait_event(
+        &cfg,
+        field(ctx, cfg.offsets.expire_timer)?,
+        kind::TW_EXPIRE,
+        0,
+        0,
+        now,
+    )
 }
 
 #[cfg(not(test))]

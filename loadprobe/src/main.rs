@@ -1,5 +1,8 @@
-use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
 
 /// Load-test TCP services and see exactly how every connection ends.
 #[derive(Parser)]
@@ -10,9 +13,19 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Trace TCP connections: who closed each one, and how long its TIME_WAIT lasted.
+    Trace(cli::trace::TraceArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    let result = match cli.command {
+        Command::Trace(args) => cli::trace::main(args),
+    };
+    // One line, no backtrace: the error chain says what went wrong and what is missing.
+    result.unwrap_or_else(|e| {
+        eprintln!("loadprobe: error: {e:#}");
+        ExitCode::from(2)
+    })
 }

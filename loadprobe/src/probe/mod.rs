@@ -1,1 +1,305 @@
-//! The eBPF probe: loading, configuring and reading the kernel programs.
+//! The eBPF probe: loads the kernel programs, configures them for this kernel and reads their
+//! events.
+//!
+//! [`Probe::attach`] does everything that needs privileges; [`Probe::poll`] hands decoded
+//! [`Event`]s to a callback. Turning events into connection records is [`track`]'s job, so the
+//! same tracker serves `trace` and `run`.
+
+pub mod btf;
+pub mod event;
+pub mod summary;
+pub mod track;
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use loadprobe_common::{Config, Event};
+
+/// The compiled eBPF object, built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loadprobe"));
+
+/// Why the probe could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("the eBPF probe needs root, or CAP_BPF and CAP_PERFMON ({0})")]
+    Privileges(String),
+    #[error("kernel type information (BTF): {0}")]
+    Btf(String),
+    #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {0}")]
+    Tracefs(std::io::Error),
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(String),
+    #[error("attaching to tracepoint {0} failed: {1}")]
+    Attach(&'static str, String),
+    #[error("reading the probe's events failed: {0}")]
+    Read(std::io::Error),
+}
+
+/// Which network namespace the kernel side keeps events for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Netns {
+    /// The namespace of the calling thread.
+    Current,
+    /// Every namespace on the host.
+    All,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    pub netns: Netns,
+    /// Keep only connections with either end's port in this set; empty = every port.
+    pub ports: Vec<u16>,
+    /// Follow timewait sockets through their timer (issue: the heart of the product); off only
+    /// for benchmarks of the state events alone.
+    pub timewait: bool,
+}
+
+/// The loaded and attached probe. Dropping it detaches every program.
+pub struct Probe {
+    _ebpf: Ebpf,
+    events: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+    netns: u32,
+    timewait: Result<(), String>,
+}
+
+/// The tracepoints and the programs attached to them.
+const SOCKET_PROGRAMS: &[(&str, &str)] = &[
+    ("sock", "inet_sock_set_state"),
+    ("tcp", "tcp_send_reset"),
+    ("tcp", "tcp_receive_reset"),
+];
+const TIMEWAIT_PROGRAMS: &[(&str, &str)] = &[
+    ("timer", "timer_start"),
+    ("timer", "timer_cancel"),
+    ("timer", "timer_expire_entry"),
+];
+
+impl Probe {
+    pub fn attach(options: &ProbeOptions) -> Result<Probe, ProbeError> {
+        check_privileges()?;
+        ensure_tracefs()?;
+        let btf = btf_rs::Btf::from_file(btf::VMLINUX_BTF)
+            .map_err(|e| ProbeError::Btf(format!("{}: {e}", btf::VMLINUX_BTF)))?;
+        let mut offsets = btf::socket_offsets(&btf)?;
+        // TIME_WAIT tracking is optional: without it the probe still proves who closed.
+        let timewait = if options.timewait {
+            btf::timewait_offsets(&btf, &mut offsets)
+                .map_err(|e| e.to_string())
+                .and_then(|()| kallsyms("tw_timer_handler"))
+        } else {
+            Err("turned off".to_string())
+        };
+        let netns = match options.netns {
+            Netns::Current => current_netns().map_err(ProbeError::Read)?,
+            Netns::All => 0,
+        };
+        let config = Config {
+            tw_timer_handler: *timewait.as_ref().unwrap_or(&0),
+            netns,
+            filter_ports: u32::from(!options.ports.is_empty()),
+            offsets,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| load_error(&e))?;
+
+        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(
+            ebpf.map_mut("PORTS")
+                .ok_or_else(|| ProbeError::Load("no PORTS map".into()))?,
+        )
+        .map_err(|e| ProbeError::Load(e.to_string()))?;
+        for port in &options.ports {
+            ports
+                .insert(port, 1, 0)
+                .map_err(|e| ProbeError::Load(e.to_string()))?;
+        }
+
+        let timewait_programs = if timewait.is_ok() {
+            TIMEWAIT_PROGRAMS
+        } else {
+            &[]
+        };
+        for (category, name) in SOCKET_PROGRAMS.iter().chain(timewait_programs) {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::Load(format!("program {name} missing")))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| ProbeError::Load(e.to_string()))?;
+            program.load().map_err(|e| load_error(&e))?;
+            program
+                .attach(category, name)
+                .map_err(|e| ProbeError::Attach(name, error_chain(&e)))?;
+        }
+
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| ProbeError::Load(format!("no {name} map")))
+        };
+        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
+            .map_err(|e| ProbeError::Load(e.to_string()))?;
+        let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)
+            .map_err(|e| ProbeError::Load(e.to_string()))?;
+        Ok(Probe {
+            _ebpf: ebpf,
+            events,
+            lost,
+            netns,
+            timewait: timewait.map(|_| ()),
+        })
+    }
+
+    /// Why TIME_WAIT tracking is off, if it is.
+    pub fn timewait_unavailable(&self) -> Option<&str> {
+        self.timewait.as_ref().err().map(String::as_str)
+    }
+
+    /// The namespace filtered on (inode), or 0 for all.
+    pub fn netns(&self) -> u32 {
+        self.netns
+    }
+
+    /// Waits up to `timeout` for events, then hands every event in the ring buffer to `each`.
+    /// Returns how many there were.
+    pub fn poll(
+        &mut self,
+        timeout: Duration,
+        mut each: impl FnMut(&Event),
+    ) -> Result<usize, ProbeError> {
+        let mut pfd = libc::pollfd {
+            fd: self.events.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        if unsafe { libc::poll(&mut pfd, 1, ms) } < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(ProbeError::Read(err));
+            }
+        }
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            if let Some(event) = event::decode(&item) {
+                each(&event);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Events the kernel side dropped because the ring buffer was full.
+    pub fn lost_events(&self) -> u64 {
+        self.lost
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the events' `ts_ns` (`bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Network namespace inode of the calling thread.
+pub fn current_netns() -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
+    u32::try_from(ino).map_err(std::io::Error::other)
+}
+
+/// Fails early with a clear message instead of an EPERM from deep inside the loader.
+fn check_privileges() -> Result<(), ProbeError> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(ProbeError::Privileges("run as root".into()))
+    }
+}
+
+/// aya finds tracepoint ids in tracefs; many minimal systems do not mount it.
+fn ensure_tracefs() -> Result<(), ProbeError> {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    if Path::new(TRACEFS).join("events").exists()
+        || Path::new("/sys/kernel/debug/tracing/events").exists()
+    {
+        return Ok(());
+    }
+    let (source, target, fstype) = (c"nodev", c"/sys/kernel/tracing", c"tracefs");
+    // SAFETY: NUL-terminated strings and no data argument.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(ProbeError::Tracefs(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Address of a kernel symbol (static functions included) from /proc/kallsyms.
+fn kallsyms(symbol: &str) -> Result<u64, String> {
+    let text =
+        std::fs::read_to_string("/proc/kallsyms").map_err(|e| format!("/proc/kallsyms: {e}"))?;
+    text.lines()
+        .find_map(|line| {
+            let mut fields = line.split_ascii_whitespace();
+            let addr = fields.next()?;
+            let _kind = fields.next()?;
+            (fields.next()? == symbol).then(|| u64::from_str_radix(addr, 16).ok())?
+        })
+        .filter(|&addr| addr != 0)
+        .ok_or_else(|| format!("kernel symbol {symbol} not found in /proc/kallsyms"))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn load_error(e: &dyn std::error::Error) -> ProbeError {
+    let text = error_chain(e);
+    if text.contains("Operation not permitted") {
+        ProbeError::Privileges(text)
+    } else {
+        ProbeError::Load(text)
+    }
+}

@@ -1,0 +1,112 @@
+//! The end-of-trace summary: closers and TIME_WAIT per side, in the shape both `trace` and run
+//! records print.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::track::{Closer, Side, Totals, TwSideStats, percentile};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(values: &[u64]) -> Percentiles {
+        let mut sorted = values.to_vec();
+        sorted.sort_unstable();
+        Percentiles {
+            p50: percentile(&sorted, 50.0),
+            p90: percentile(&sorted, 90.0),
+            p99: percentile(&sorted, 99.0),
+            max: sorted.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// TIME_WAIT on one side of the connections.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SideSummary {
+    pub entered: u64,
+    pub peak: u64,
+    pub expired: u64,
+    pub reused: u64,
+    pub killed: u64,
+    pub overflow: u64,
+    pub open: u64,
+    pub duration_ms: Percentiles,
+}
+
+impl From<&TwSideStats> for SideSummary {
+    fn from(s: &TwSideStats) -> SideSummary {
+        SideSummary {
+            entered: s.entered,
+            peak: s.peak,
+            expired: s.expired,
+            reused: s.reused,
+            killed: s.killed,
+            overflow: s.overflow,
+            open: s.open,
+            duration_ms: Percentiles::of(&s.durations_ms),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimeWaitSummary {
+    /// False when the kernel lacks what timewait tracking needs; the counts are then all zero
+    /// and mean "unknown", not "none".
+    pub available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable_reason: Option<String>,
+    pub client: SideSummary,
+    pub server: SideSummary,
+    /// Timewait sockets of connections the probe did not see open.
+    pub unmatched: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub connections: u64,
+    /// Counts by closer, every closer named even when zero.
+    pub closer: BTreeMap<String, u64>,
+    pub lost_events: u64,
+    pub time_wait: TimeWaitSummary,
+}
+
+impl Summary {
+    pub fn new(totals: &Totals, lost_events: u64, timewait_unavailable: Option<&str>) -> Summary {
+        let closer: BTreeMap<String, u64> = Closer::ALL
+            .iter()
+            .map(|c| {
+                (
+                    c.name().to_string(),
+                    totals.closer.get(c).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        let side = |s: Side| {
+            totals
+                .time_wait
+                .get(&s)
+                .map(SideSummary::from)
+                .unwrap_or_default()
+        };
+        Summary {
+            connections: closer.values().sum(),
+            closer,
+            lost_events,
+            time_wait: TimeWaitSummary {
+                available: timewait_unavailable.is_none(),
+                unavailable_reason: timewait_unavailable.map(str::to_string),
+                client: side(Side::Client),
+                server: side(Side::Server),
+                unmatched: totals.time_wait_unmatched,
+            },
+        }
+    }
+}

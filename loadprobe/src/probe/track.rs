@@ -1,0 +1,867 @@
+//! Turns the probe's events into one record per connection: who closed it, how long each phase
+//! took, and the life of each TIME_WAIT socket it left behind.
+//!
+//! Facts this relies on (shared/kernel/TIME_WAIT.md, sections 2 and 3):
+//! * A client end is the socket that went `CLOSE->SYN_SENT`; a server end appears as
+//!   `LISTEN->SYN_RECV`. Both ends of a loopback or veth connection on this host are seen.
+//! * The end that goes `ESTABLISHED->FIN_WAIT1` sent the first FIN; the other goes
+//!   `ESTABLISHED->CLOSE_WAIT`. Both going `FIN_WAIT1` is a simultaneous close.
+//! * An abort shows as `ESTABLISHED->CLOSE` on both ends; `tcp_send_reset` says who sent it.
+//! * A timewait socket never appears on `inet_sock_set_state`. Its timer does: `timer_start`
+//!   right before the full socket's `FIN_WAIT2->CLOSE`/`CLOSING->CLOSE`; `timer_cancel` then
+//!   `timer_expire_entry` on expiry; `timer_cancel` then `timer_start` on a visible reschedule;
+//!   `timer_cancel` alone on an early kill.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use loadprobe_common::{Event, kind, tcp_state as st};
+use serde::Serialize;
+
+use super::event::endpoints;
+
+/// How a connection ended, from the point of view of who acted first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Closer {
+    /// The client sent the first FIN.
+    Client,
+    /// The server sent the first FIN.
+    Server,
+    /// Both sent a FIN before seeing the other's.
+    Simultaneous,
+    /// The client aborted with an RST (SO_LINGER 0, or close with unread data).
+    ClientReset,
+    /// The server aborted with an RST.
+    ServerReset,
+    /// connect() failed.
+    Refused,
+    /// Opened before the probe started, or never closed while it ran.
+    Unknown,
+}
+
+impl Closer {
+    pub const ALL: [Closer; 7] = [
+        Closer::Client,
+        Closer::Server,
+        Closer::Simultaneous,
+        Closer::ClientReset,
+        Closer::ServerReset,
+        Closer::Refused,
+        Closer::Unknown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Closer::Client => "client",
+            Closer::Server => "server",
+            Closer::Simultaneous => "simultaneous",
+            Closer::ClientReset => "client-reset",
+            Closer::ServerReset => "server-reset",
+            Closer::Refused => "refused",
+            Closer::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// The substate of a timewait socket: an orphaned `FIN_WAIT2` waiting for the peer's FIN, or a
+/// true `TIME_WAIT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Substate {
+    #[serde(rename = "FIN_WAIT2")]
+    FinWait2,
+    #[serde(rename = "TIME_WAIT")]
+    TimeWait,
+}
+
+impl Substate {
+    fn from_kernel(state: u8) -> Substate {
+        if state == st::FIN_WAIT2 {
+            Substate::FinWait2
+        } else {
+            Substate::TimeWait
+        }
+    }
+}
+
+/// How a timewait socket's life ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TwEnd {
+    /// Its timer ran out (60 s, plus the timer wheel's granularity).
+    Expired,
+    /// A new connection on the same 4-tuple took it over (tcp_tw_reuse, or a SYN accepted).
+    Reused,
+    /// Killed early: RST, netns teardown, or another cause.
+    Killed,
+    /// Never created: `tcp_max_tw_buckets` was exhausted.
+    Overflow,
+    /// Still alive when the trace ended.
+    Open,
+}
+
+/// One timewait socket of a connection.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimeWait {
+    pub side: Side,
+    /// The substate when it ended (or when the trace ended).
+    pub substate: Substate,
+    pub substate_start: Substate,
+    /// Time in TIME_WAIT, ms (for `open`: the age so far).
+    pub duration_ms: u64,
+    pub end: TwEnd,
+}
+
+/// One finished connection.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnRecord {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub closer: Closer,
+    /// SYN sent to established, at the client.
+    pub connect_us: Option<u64>,
+    /// Established to the first FIN or RST.
+    pub established_us: Option<u64>,
+    /// First FIN to both ends closed.
+    pub close_us: Option<u64>,
+    /// First event to the last end closed.
+    pub lifetime_us: u64,
+    pub netns: u32,
+    pub time_wait: Vec<TimeWait>,
+}
+
+/// Counters for TIME_WAIT on one side.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TwSideStats {
+    pub entered: u64,
+    /// Timewait sockets alive now.
+    pub current: u64,
+    /// Most alive at once.
+    pub peak: u64,
+    pub expired: u64,
+    pub reused: u64,
+    pub killed: u64,
+    pub overflow: u64,
+    pub open: u64,
+    #[serde(skip)]
+    pub durations_ms: Vec<u64>,
+}
+
+/// The totals a trace reports at its end.
+#[derive(Clone, Debug, Default)]
+pub struct Totals {
+    pub closer: BTreeMap<Closer, u64>,
+    pub time_wait: BTreeMap<Side, TwSideStats>,
+    /// Timewait sockets of connections the probe did not see open (pre-existing, or not ours).
+    pub time_wait_unmatched: u64,
+}
+
+/// What kind of first closing act an end performed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Act {
+    SentFin,
+    GotFin,
+    SentRst,
+    GotRst,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Client,
+    Server,
+    /// First seen mid-life: opened before the probe.
+    Unknown,
+}
+
+/// One end (one full socket) of a connection.
+#[derive(Clone, Debug)]
+struct End {
+    addr: u64,
+    role: Role,
+    local: SocketAddr,
+    remote: SocketAddr,
+    netns: u32,
+    opened_ns: u64,
+    established_ns: Option<u64>,
+    /// The first closing act and when it happened.
+    first_act: Option<(Act, u64)>,
+    sent_fin: bool,
+    reset: bool,
+    has_tw: bool,
+    closed_ns: Option<u64>,
+    conn: Option<ConnId>,
+}
+
+/// Connections get an id of their own: a new connection can take the 4-tuple of one that is
+/// still waiting for its timewait socket to end (that is what tcp_tw_reuse does).
+type ConnId = u64;
+
+/// Identifies a connection by its client and server endpoints. Loopback connections never
+/// leave their namespace, so for them the namespace is part of the key (many test namespaces
+/// reuse 127.0.0.1 and the same ports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ConnKey {
+    client: SocketAddr,
+    server: SocketAddr,
+    netns: u32,
+}
+
+impl ConnKey {
+    fn new(client: SocketAddr, server: SocketAddr, netns: u32) -> ConnKey {
+        let ns = if client.ip().is_loopback() { netns } else { 0 };
+        ConnKey {
+            client,
+            server,
+            netns: ns,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    key: ConnKey,
+    /// Which roles (client, server) have an end here, live or closed.
+    roles: [bool; 2],
+    client: Option<End>,
+    server: Option<End>,
+    /// Ends of this connection not yet closed, by kernel address.
+    live: Vec<u64>,
+    tw_live: u32,
+    time_wait: Vec<TimeWait>,
+    /// When the last end closed with no peer seen: the record waits a moment for a late peer.
+    lone_since: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Tw {
+    local: SocketAddr,
+    remote: SocketAddr,
+    start_ns: u64,
+    substate_start: Substate,
+    substate: Substate,
+    owner: Option<(ConnId, Side)>,
+    cancel_ns: Option<u64>,
+    /// Killed at this time; waiting to see whether a new connection takes its 4-tuple.
+    killed_ns: Option<u64>,
+}
+
+/// A lone end waits this long for its peer before it is classified on its own.
+const LONE_GRACE_NS: u64 = 20_000_000;
+/// A `timer_cancel` not followed within this time by an expiry or a restart was a kill. Both
+/// follow within microseconds on the same CPU; this leaves room for the reader's batching.
+const CANCEL_GRACE_NS: u64 = 5_000_000;
+/// A killed timewait socket counts as reused if a connection on its 4-tuple opens this soon.
+const REUSE_WINDOW_NS: u64 = 1_000_000_000;
+/// A cancel and a start this close together, same tuple, are one reschedule.
+const RESCHEDULE_NS: u64 = 1_000_000;
+
+/// Builds connection records from events. Feed it with [`Tracker::event`], call
+/// [`Tracker::tick`] regularly, and take finished records from [`Tracker::drain`].
+#[derive(Debug, Default)]
+pub struct Tracker {
+    ends: HashMap<u64, End>,
+    /// Closed ends still filed under an unfinished connection, by kernel address.
+    closed: HashMap<u64, ConnId>,
+    conns: HashMap<ConnId, Conn>,
+    /// The newest connection of each 4-tuple.
+    current: HashMap<ConnKey, ConnId>,
+    next_id: ConnId,
+    tws: HashMap<u64, Tw>,
+    /// Live ends by (local, remote), to recognise the connection that reused a timewait socket.
+    by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
+    done: Vec<ConnRecord>,
+    totals: Totals,
+    timewait_tracked: bool,
+}
+
+impl Tracker {
+    /// `timewait_tracked`: the probe follows timewait sockets, so a `FIN_WAIT2->CLOSE` with no
+    /// timewait socket is an overflow and records wait for their timewait sockets to end.
+    pub fn new(timewait_tracked: bool) -> Tracker {
+        Tracker {
+            timewait_tracked,
+            ..Tracker::default()
+        }
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// Finished records, oldest first.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, ConnRecord> {
+        self.done.drain(..)
+    }
+
+    pub fn event(&mut self, e: &Event) {
+        match e.kind {
+            kind::SET_STATE => self.set_state(e),
+            kind::RST_SENT => self.act(e.addr, Act::SentRst, e.ts_ns),
+            kind::RST_RECEIVED => self.act(e.addr, Act::GotRst, e.ts_ns),
+            kind::TW_START => self.tw_start(e),
+            kind::TW_CANCEL => {
+                if let Some(tw) = self.tws.get_mut(&e.addr) {
+                    tw.cancel_ns = Some(e.ts_ns);
+                    tw.substate = Substate::from_kernel(e.old_state);
+                }
+            }
+            kind::TW_EXPIRE => {
+                if let Some(mut tw) = self.tws.remove(&e.addr) {
+                    tw.substate = Substate::from_kernel(e.old_state);
+                    self.tw_end(tw, TwEnd::Expired, e.ts_ns);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Resolves what only the passing of time tells: kills (a cancel with nothing after it),
+    /// reuses, and lone ends whose peer never showed. `now_ns` is CLOCK_MONOTONIC.
+    pub fn tick(&mut self, now_ns: u64) {
+        let mut ended = Vec::new();
+        for (&addr, tw) in &mut self.tws {
+            if let Some(cancel) = tw.cancel_ns
+                && tw.killed_ns.is_none()
+                && now_ns.saturating_sub(cancel) > CANCEL_GRACE_NS
+            {
+                tw.killed_ns = Some(cancel);
+            }
+            if let Some(killed) = tw.killed_ns {
+                let reused = self
+                    .by_tuple
+                    .get(&(tw.local, tw.remote))
+                    .and_then(|a| self.ends.get(a))
+                    .is_some_and(|end| end.opened_ns + RESCHEDULE_NS >= killed);
+                if reused {
+                    ended.push((addr, TwEnd::Reused, killed));
+                } else if now_ns.saturating_sub(killed) > REUSE_WINDOW_NS {
+                    ended.push((addr, TwEnd::Killed, killed));
+                }
+            }
+        }
+        for (addr, end, at) in ended {
+            if let Some(tw) = self.tws.remove(&addr) {
+                self.tw_end(tw, end, at);
+            }
+        }
+        let lone: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.lone_since
+                    .is_some_and(|t| now_ns.saturating_sub(t) > LONE_GRACE_NS)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in lone {
+            if let Some(conn) = self.conns.get_mut(&key) {
+                conn.lone_since = None;
+            }
+            self.maybe_finish(key, true);
+        }
+    }
+
+    /// Ends the trace: every connection still known becomes a record, timewait sockets still
+    /// alive are `open` with their age so far.
+    pub fn flush(&mut self, now_ns: u64) {
+        self.tick(now_ns);
+        let tws: Vec<(u64, Tw)> = self.tws.drain().collect();
+        for (_, tw) in tws {
+            match tw.killed_ns {
+                Some(at) => self.tw_end(tw, TwEnd::Killed, at),
+                None => self.tw_end(tw, TwEnd::Open, now_ns),
+            }
+        }
+        let live: Vec<u64> = self.ends.keys().copied().collect();
+        for addr in live {
+            if let Some(mut end) = self.ends.remove(&addr) {
+                end.closed_ns = Some(now_ns);
+                self.close_end(addr, end, true);
+            }
+        }
+        let keys: Vec<ConnId> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.maybe_finish(key, true);
+        }
+    }
+
+    fn set_state(&mut self, e: &Event) {
+        let (old, new) = (e.old_state, e.new_state);
+        if old == new || (old == st::LISTEN && new != st::SYN_RECV) || new == st::LISTEN {
+            return; // self transitions carry nothing; listeners are not connections
+        }
+        let (local, remote) = endpoints(e);
+        let opening = matches!(
+            (old, new),
+            (st::CLOSE, st::SYN_SENT) | (st::LISTEN, st::SYN_RECV)
+        );
+        if opening {
+            if let Some(stale) = self.ends.remove(&e.addr) {
+                // The kernel reused the address of a socket whose close we did not see.
+                self.close_end(e.addr, stale, true);
+            }
+            let role = if new == st::SYN_SENT {
+                Role::Client
+            } else {
+                Role::Server
+            };
+            self.ends.insert(
+                e.addr,
+                End::new(e.addr, role, local, remote, e.netns, e.ts_ns),
+            );
+        }
+        let end = self
+            .ends
+            .entry(e.addr)
+            .or_insert_with(|| End::new(e.addr, Role::Unknown, local, remote, e.netns, e.ts_ns));
+        if local.port() != 0 {
+            end.local = local;
+            end.remote = remote;
+        }
+        if end.conn.is_none() && local.port() != 0 && remote.port() != 0 {
+            let (key, client_side) = end.key_for();
+            let id = self.conn_for(key, client_side);
+            if let Some(end) = self.ends.get_mut(&e.addr) {
+                end.conn = Some(id);
+            }
+            self.by_tuple.insert((local, remote), e.addr);
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.live.push(e.addr);
+                conn.lone_since = None;
+            }
+        }
+        match (old, new) {
+            (_, st::ESTABLISHED) => {
+                self.ends
+                    .get_mut(&e.addr)
+                    .map(|end| end.established_ns.get_or_insert(e.ts_ns));
+            }
+            (st::ESTABLISHED | st::SYN_RECV, st::FIN_WAIT1) => {
+                self.act(e.addr, Act::SentFin, e.ts_ns)
+            }
+            (st::ESTABLISHED, st::CLOSE_WAIT) => self.act(e.addr, Act::GotFin, e.ts_ns),
+            (_, st::CLOSE) => {
+                if let Some(mut end) = self.ends.remove(&e.addr) {
+                    end.closed_ns = Some(e.ts_ns);
+                    let into_tw = matches!(old, st::FIN_WAIT2 | st::CLOSING);
+                    if into_tw && self.timewait_tracked && !end.has_tw && !end.reset {
+                        self.overflow(&end);
+                    }
+                    self.close_end(e.addr, end, false);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn act(&mut self, addr: u64, act: Act, ts: u64) {
+        // The kernel moves a socket to CLOSE before it sends its abortive RST, so the end may
+        // already be filed under its connection.
+        let end = match self.ends.get_mut(&addr) {
+            Some(end) => Some(end),
+            None => self
+                .closed
+                .get(&addr)
+                .and_then(|id| self.conns.get_mut(id))
+                .and_then(|conn| {
+                    [conn.client.as_mut(), conn.server.as_mut()]
+                        .into_iter()
+                        .flatten()
+                        .find(|e| e.addr == addr)
+                }),
+        };
+        let Some(end) = end else {
+            return;
+        };
+        match act {
+            Act::SentFin => end.sent_fin = true,
+            Act::SentRst | Act::GotRst => end.reset = true,
+            Act::GotFin => {}
+        }
+        end.first_act.get_or_insert((act, ts));
+    }
+
+    /// A full socket reached CLOSE (or the trace ended): file it under its connection.
+    fn close_end(&mut self, addr: u64, end: End, at_exit: bool) {
+        if self.by_tuple.get(&(end.local, end.remote)) == Some(&addr) {
+            self.by_tuple.remove(&(end.local, end.remote));
+        }
+        let (key, client_side) = end.key_for();
+        let id = match end.conn {
+            Some(id) => id,
+            None => self.conn_for(key, client_side),
+        };
+        self.closed.insert(addr, id);
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.live.retain(|&a| a != addr);
+        if client_side {
+            conn.client = Some(end);
+        } else {
+            conn.server = Some(end);
+        }
+        let lone = conn.client.is_none() || conn.server.is_none();
+        let refused = conn
+            .client
+            .as_ref()
+            .is_some_and(|c| c.established_ns.is_none() && c.role == Role::Client);
+        if lone && !refused && !at_exit && conn.live.is_empty() {
+            conn.lone_since = conn
+                .client
+                .as_ref()
+                .or(conn.server.as_ref())
+                .and_then(|e| e.closed_ns);
+            return;
+        }
+        self.maybe_finish(id, at_exit);
+    }
+
+    /// The connection a new end with this key and side belongs to: the current one of its
+    /// 4-tuple unless that one already has an end on this side.
+    fn conn_for(&mut self, key: ConnKey, client_side: bool) -> ConnId {
+        let side = usize::from(!client_side);
+        if let Some(&id) = self.current.get(&key)
+            && let Some(conn) = self.conns.get_mut(&id)
+            && !conn.roles[side]
+        {
+            conn.roles[side] = true;
+            return id;
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut roles = [false; 2];
+        roles[side] = true;
+        self.conns.insert(
+            id,
+            Conn {
+                key,
+                roles,
+                client: None,
+                server: None,
+                live: Vec::new(),
+                tw_live: 0,
+                time_wait: Vec::new(),
+                lone_since: None,
+            },
+        );
+        self.current.insert(key, id);
+        id
+    }
+
+    fn maybe_finish(&mut self, key: ConnId, force: bool) {
+        let Some(conn) = self.conns.get(&key) else {
+            return;
+        };
+        let waiting = !conn.live.is_empty() || conn.tw_live > 0 || conn.lone_since.is_some();
+        if waiting && !force {
+            return;
+        }
+        if !conn.live.is_empty() || conn.tw_live > 0 {
+            return; // flush() closes ends and timewait sockets first
+        }
+        let Some(conn) = self.conns.remove(&key) else {
+            return;
+        };
+        for end in conn.client.iter().chain(conn.server.iter()) {
+            if self.closed.get(&end.addr) == Some(&key) {
+                self.closed.remove(&end.addr);
+            }
+        }
+        if self.current.get(&conn.key) == Some(&key) {
+            self.current.remove(&conn.key);
+        }
+        let record = conn.record();
+        *self.totals.closer.entry(record.closer).or_default() += 1;
+        self.done.push(record);
+    }
+
+    fn tw_start(&mut self, e: &Event) {
+        let (local, remote) = endpoints(e);
+        let substate = Substate::from_kernel(e.old_state);
+        if let Some(tw) = self.tws.get_mut(&e.addr) {
+            let same = tw.local == local && tw.remote == remote;
+            if same
+                && tw
+                    .cancel_ns
+                    .is_some_and(|c| e.ts_ns.saturating_sub(c) < RESCHEDULE_NS)
+            {
+                tw.cancel_ns = None; // a visible reschedule: same socket, new expiry
+                tw.substate = substate;
+                return;
+            }
+            // The old socket's end went unseen (or its kill is still pending): close it now.
+            if let Some(old) = self.tws.remove(&e.addr) {
+                let at = old.cancel_ns.unwrap_or(e.ts_ns);
+                self.tw_end(old, TwEnd::Killed, at);
+            }
+        }
+        let owner = self.owner_of(local, remote, e.netns);
+        match owner {
+            Some((key, side)) => {
+                if let Some(conn) = self.conns.get_mut(&key) {
+                    conn.tw_live += 1;
+                    for addr in &conn.live {
+                        if let Some(end) = self.ends.get_mut(addr)
+                            && end.local == local
+                        {
+                            end.has_tw = true;
+                        }
+                    }
+                }
+                let stats = self.totals.time_wait.entry(side).or_default();
+                stats.entered += 1;
+                stats.current += 1;
+                stats.peak = stats.peak.max(stats.current);
+            }
+            None => self.totals.time_wait_unmatched += 1,
+        }
+        self.tws.insert(
+            e.addr,
+            Tw {
+                local,
+                remote,
+                start_ns: e.ts_ns,
+                substate_start: substate,
+                substate,
+                owner,
+                cancel_ns: None,
+                killed_ns: None,
+            },
+        );
+    }
+
+    /// The connection and side a timewait socket with this local/remote pair belongs to.
+    fn owner_of(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        netns: u32,
+    ) -> Option<(ConnId, Side)> {
+        [
+            (ConnKey::new(local, remote, netns), Side::Client),
+            (ConnKey::new(remote, local, netns), Side::Server),
+        ]
+        .into_iter()
+        .find_map(|(key, side)| {
+            let id = *self.current.get(&key)?;
+            (self.side_of(id, local) == Some(side)).then_some((id, side))
+        })
+    }
+
+    /// Which side of connection `id` has the local address `local`.
+    fn side_of(&self, id: ConnId, local: SocketAddr) -> Option<Side> {
+        let conn = self.conns.get(&id)?;
+        let key = conn.key;
+        let ends = conn
+            .live
+            .iter()
+            .filter_map(|a| self.ends.get(a))
+            .chain(conn.client.iter())
+            .chain(conn.server.iter());
+        for end in ends {
+            if end.local == local {
+                return match end.role {
+                    Role::Client => Some(Side::Client),
+                    Role::Server => Some(Side::Server),
+                    Role::Unknown => (local == key.client)
+                        .then_some(Side::Client)
+                        .or(Some(Side::Server)),
+                };
+            }
+        }
+        None
+    }
+
+    fn tw_end(&mut self, tw: Tw, end: TwEnd, at_ns: u64) {
+        let Some((key, side)) = tw.owner else {
+            return;
+        };
+        let duration_ms = at_ns.saturating_sub(tw.start_ns) / 1_000_000;
+        let stats = self.totals.time_wait.entry(side).or_default();
+        stats.current = stats.current.saturating_sub(1);
+        match end {
+            TwEnd::Expired => stats.expired += 1,
+            TwEnd::Reused => stats.reused += 1,
+            TwEnd::Killed => stats.killed += 1,
+            TwEnd::Overflow => stats.overflow += 1,
+            TwEnd::Open => stats.open += 1,
+        }
+        stats.durations_ms.push(duration_ms);
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn.tw_live = conn.tw_live.saturating_sub(1);
+            conn.time_wait.push(TimeWait {
+                side,
+                substate: tw.substate,
+                substate_start: tw.substate_start,
+                duration_ms,
+                end,
+            });
+            if end != TwEnd::Open {
+                self.maybe_finish(key, false);
+            }
+        }
+    }
+
+    /// The end went to CLOSE from a state that makes a timewait socket, but none was made.
+    fn overflow(&mut self, end: &End) {
+        let Some(id) = end.conn else {
+            return;
+        };
+        let side = if end.key_for().1 {
+            Side::Client
+        } else {
+            Side::Server
+        };
+        self.totals.time_wait.entry(side).or_default().overflow += 1;
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.time_wait.push(TimeWait {
+                side,
+                substate: Substate::TimeWait,
+                substate_start: Substate::TimeWait,
+                duration_ms: 0,
+                end: TwEnd::Overflow,
+            });
+        }
+    }
+}
+
+impl End {
+    fn new(
+        addr: u64,
+        role: Role,
+        local: SocketAddr,
+        remote: SocketAddr,
+        netns: u32,
+        ts: u64,
+    ) -> End {
+        End {
+            addr,
+            role,
+            local,
+            remote,
+            netns,
+            opened_ns: ts,
+            established_ns: None,
+            first_act: None,
+            sent_fin: false,
+            reset: false,
+            has_tw: false,
+            closed_ns: None,
+            conn: None,
+        }
+    }
+
+    /// The connection key of this end. An end seen only mid-life has no known role; it is
+    /// keyed by guessing the higher port is the client's (ephemeral) one, the same way on both
+    /// ends so that they still pair.
+    /// Also says whether this end is the client side.
+    fn key_for(&self) -> (ConnKey, bool) {
+        let client_is_local = match self.role {
+            Role::Client => true,
+            Role::Server => false,
+            Role::Unknown => (self.local.port(), self.local) > (self.remote.port(), self.remote),
+        };
+        if client_is_local {
+            (ConnKey::new(self.local, self.remote, self.netns), true)
+        } else {
+            (ConnKey::new(self.remote, self.local, self.netns), false)
+        }
+    }
+}
+
+impl Conn {
+    fn record(self) -> ConnRecord {
+        let key = self.key;
+        let ends: Vec<&End> = self.client.iter().chain(self.server.iter()).collect();
+        let opened = ends.iter().map(|e| e.opened_ns).min().unwrap_or(0);
+        let closed = ends
+            .iter()
+            .filter_map(|e| e.closed_ns)
+            .max()
+            .unwrap_or(opened);
+        let established = ends.iter().filter_map(|e| e.established_ns).min();
+        let first_close = ends
+            .iter()
+            .filter_map(|e| e.first_act.map(|(_, t)| t))
+            .min();
+        let netns = ends.first().map_or(key.netns, |e| e.netns);
+        let us = |from: u64, to: u64| to.saturating_sub(from) / 1000;
+        ConnRecord {
+            client: key.client,
+            server: key.server,
+            closer: self.closer(),
+            connect_us: self
+                .client
+                .as_ref()
+                .filter(|c| c.role == Role::Client)
+                .and_then(|c| c.established_ns.map(|t| us(c.opened_ns, t))),
+            established_us: established.zip(first_close).map(|(a, b)| us(a, b)),
+            close_us: first_close.map(|t| us(t, closed)),
+            lifetime_us: us(opened, closed),
+            netns,
+            time_wait: self.time_wait,
+        }
+    }
+
+    fn closer(&self) -> Closer {
+        let (c, s) = (self.client.as_ref(), self.server.as_ref());
+        let known = |e: Option<&End>| e.is_some_and(|e| e.role != Role::Unknown);
+        if !known(c) && !known(s) {
+            return Closer::Unknown;
+        }
+        if let Some(c) = c
+            && c.role == Role::Client
+            && c.established_ns.is_none()
+        {
+            return Closer::Refused;
+        }
+        if c.is_some_and(|e| e.sent_fin && !e.reset) && s.is_some_and(|e| e.sent_fin && !e.reset) {
+            let got_fin_first = |e: &End| matches!(e.first_act, Some((Act::GotFin, _)));
+            if !c.is_some_and(got_fin_first) && !s.is_some_and(got_fin_first) {
+                return Closer::Simultaneous;
+            }
+        }
+        // The earliest act on either end decides; what the peer received tells about the peer.
+        let mut acts: Vec<(u64, Side, Act)> = Vec::new();
+        for (end, side) in [(c, Side::Client), (s, Side::Server)] {
+            if let Some((act, t)) = end.and_then(|e| e.first_act) {
+                acts.push((t, side, act));
+            }
+        }
+        acts.sort_by_key(|&(t, side, act)| (t, matches!(act, Act::GotFin | Act::GotRst), side));
+        let Some(&(_, side, act)) = acts.first() else {
+            return Closer::Unknown;
+        };
+        let acted_here = matches!(act, Act::SentFin | Act::SentRst);
+        let closer_side = match (side, acted_here) {
+            (Side::Client, true) | (Side::Server, false) => Side::Client,
+            _ => Side::Server,
+        };
+        match (closer_side, matches!(act, Act::SentRst | Act::GotRst)) {
+            (Side::Client, false) => Closer::Client,
+            (Side::Server, false) => Closer::Server,
+            (Side::Client, true) => Closer::ClientReset,
+            (Side::Server, true) => Closer::ServerReset,
+        }
+    }
+}
+
+/// Percentiles of a list of durations (nearest rank).
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,427 @@
+//! The classifier against the exact event sequences of shared/kernel/TIME_WAIT.md section 2.
+
+use super::*;
+use loadprobe_common::{AF_INET, tcp_state::*};
+
+const C: u64 = 0xc000; // client socket address
+const S: u64 = 0x5000; // server (accepted) socket address
+const TW_C: u64 = 0x7c00;
+const TW_S: u64 = 0x7500;
+const MS: u64 = 1_000_000;
+
+fn addr(port: u16) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&[127, 0, 0, 1]);
+    let _ = port;
+    a
+}
+
+/// Replays events at 1 ms steps and collects what the tracker produced.
+struct Replay {
+    t: Tracker,
+    now: u64,
+}
+
+const CPORT: u16 = 40000;
+const SPORT: u16 = 8080;
+
+impl Replay {
+    fn new() -> Replay {
+        Replay {
+            t: Tracker::new(true),
+            now: 1_000 * MS,
+        }
+    }
+
+    fn send(&mut self, mut e: Event) -> &mut Self {
+        self.now += MS;
+        e.ts_ns = self.now;
+        e.family = AF_INET;
+        e.netns = 1;
+        self.t.event(&e);
+        self
+    }
+
+    /// A state change of the client (`side_client`) or server end.
+    fn st(&mut self, side_client: bool, old: u8, new: u8) -> &mut Self {
+        let (a, sport, dport) = if side_client {
+            (C, CPORT, SPORT)
+        } else {
+            (S, SPORT, CPORT)
+        };
+        // The client's CLOSE->SYN_SENT comes before autobind picks its port.
+        let sport = if side_client && old == CLOSE && new == SYN_SENT {
+            0
+        } else {
+            sport
+        };
+        self.send(Event {
+            kind: kind::SET_STATE,
+            addr: a,
+            old_state: old,
+            new_state: new,
+            sport,
+            dport,
+            saddr: addr(sport),
+            daddr: addr(dport),
+            ..Event::default()
+        })
+    }
+
+    fn c(&mut self, old: u8, new: u8) -> &mut Self {
+        self.st(true, old, new)
+    }
+
+    fn s(&mut self, old: u8, new: u8) -> &mut Self {
+        self.st(false, old, new)
+    }
+
+    fn other(&mut self, kind: u8, side_client: bool, substate: u8) -> &mut Self {
+        let (a, tw, sport, dport) = if side_client {
+            (C, TW_C, CPORT, SPORT)
+        } else {
+            (S, TW_S, SPORT, CPORT)
+        };
+        let is_tw = matches!(kind, kind::TW_START | kind::TW_CANCEL | kind::TW_EXPIRE);
+        self.send(Event {
+            kind,
+            addr: if is_tw { tw } else { a },
+            old_state: substate,
+            sport,
+            dport,
+            saddr: addr(sport),
+            daddr: addr(dport),
+            ..Event::default()
+        })
+    }
+
+    fn open(&mut self) -> &mut Self {
+        self.c(CLOSE, SYN_SENT)
+            .c(SYN_SENT, ESTABLISHED)
+            .s(LISTEN, SYN_RECV)
+            .s(SYN_RECV, ESTABLISHED)
+    }
+
+    fn wait(&mut self, ns: u64) -> &mut Self {
+        self.now += ns;
+        self.t.tick(self.now);
+        self
+    }
+
+    fn finish(&mut self) -> Vec<ConnRecord> {
+        self.t.flush(self.now + MS);
+        self.t.drain().collect()
+    }
+
+    fn records(&mut self) -> Vec<ConnRecord> {
+        self.t.drain().collect()
+    }
+}
+
+fn only(records: Vec<ConnRecord>) -> ConnRecord {
+    assert_eq!(records.len(), 1, "{records:#?}");
+    records.into_iter().next().unwrap()
+}
+
+#[test]
+fn client_first_close_leaves_time_wait_on_the_client() {
+    let mut r = Replay::new();
+    r.open()
+        .c(ESTABLISHED, FIN_WAIT1)
+        .s(ESTABLISHED, CLOSE_WAIT)
+        .c(FIN_WAIT1, FIN_WAIT2)
+        .other(kind::TW_START, true, FIN_WAIT2)
+        .c(FIN_WAIT2, CLOSE)
+        .s(CLOSE_WAIT, LAST_ACK)
+        .s(LAST_ACK, CLOSE);
+    // The record waits for its timewait socket.
+    assert!(r.records().is_empty());
+    r.wait(60_000 * MS)
+        .other(kind::TW_CANCEL, true, TIME_WAIT)
+        .other(kind::TW_EXPIRE, true, TIME_WAIT);
+    let rec = only(r.records());
+    assert_eq!(rec.closer, Closer::Client);
+    assert_eq!(rec.client, "127.0.0.1:40000".parse().unwrap());
+    assert_eq!(rec.server, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(rec.connect_us, Some(1000));
+    assert_eq!(rec.time_wait.len(), 1);
+    let tw = &rec.time_wait[0];
+    assert_eq!((tw.side, tw.end), (Side::Client, TwEnd::Expired));
+    assert_eq!(
+        (tw.substate_start, tw.substate),
+        (Substate::FinWait2, Substate::TimeWait)
+    );
+    assert!(
+        (60_000..60_010).contains(&tw.duration_ms),
+        "{}",
+        tw.duration_ms
+    );
+    let stats = &r.t.totals().time_wait[&Side::Client];
+    assert_eq!(
+        (stats.entered, stats.peak, stats.expired, stats.current),
+        (1, 1, 1, 0)
+    );
+}
+
+#[test]
+fn server_first_close_leaves_time_wait_on_the_server() {
+    let mut r = Replay::new();
+    r.open()
+        .s(ESTABLISHED, FIN_WAIT1)
+        .c(ESTABLISHED, CLOSE_WAIT)
+        .s(FIN_WAIT1, FIN_WAIT2)
+        .other(kind::TW_START, false, FIN_WAIT2)
+        .s(FIN_WAIT2, CLOSE)
+        .c(CLOSE_WAIT, LAST_ACK)
+        .c(LAST_ACK, CLOSE);
+    let rec = only(r.finish());
+    assert_eq!(rec.closer, Closer::Server);
+    assert_eq!(rec.time_wait[0].side, Side::Server);
+    assert_eq!(rec.time_wait[0].end, TwEnd::Open);
+}
+
+#[test]
+fn half_close_and_self_transitions() {
+    // H1: shutdown(SHUT_WR), then close() in FIN_WAIT2 logs FIN_WAIT2->FIN_WAIT2.
+    let mut r = Replay::new();
+    r.open()
+        .c(ESTABLISHED, FIN_WAIT1)
+        .c(FIN_WAIT1, FIN_WAIT1)
+        .s(ESTABLISHED, CLOSE_WAIT)
+        .c(FIN_WAIT1, FIN_WAIT2)
+        .c(FIN_WAIT2, FIN_WAIT2)
+        .s(CLOSE_WAIT, LAST_ACK)
+        .other(kind::TW_START, true, TIME_WAIT)
+        .c(FIN_WAIT2, CLOSE)
+        .s(LAST_ACK, CLOSE);
+    let rec = only(r.finish());
+    assert_eq!(rec.closer, Closer::Client);
+    assert_eq!(rec.time_wait[0].substate_start, Substate::TimeWait);
+}
+
+#[test]
+fn simultaneous_close_gives_both_sides_a_timewait_socket() {
+    let mut r = Replay::new();
+    r.open()
+        .c(ESTABLISHED, FIN_WAIT1)
+        .s(ESTABLISHED, FIN_WAIT1)
+        .c(FIN_WAIT1, CLOSING)
+        .s(FIN_WAIT1, CLOSING)
+        .other(kind::TW_START, true, TIME_WAIT)
+        .c(CLOSING, CLOSE)
+        .other(kind::TW_START, false, TIME_WAIT)
+        .s(CLOSING, CLOSE);
+    let rec = only(r.finish());
+    assert_eq!(rec.closer, Closer::Simultaneous);
+    let sides: Vec<Side> = rec.time_wait.iter().map(|t| t.side).collect();
+    assert!(sides.contains(&Side::Client) && sides.contains(&Side::Server));
+}
+
+#[test]
+fn abort_is_attributed_to_the_end_that_sent_the_rst() {
+    for client_aborts in [true, false] {
+        let mut r = Replay::new();
+        r.open()
+            // The closer goes to CLOSE before it sends the RST (tcp_disconnect, __tcp_close).
+            .st(client_aborts, ESTABLISHED, CLOSE)
+            .other(kind::RST_SENT, client_aborts, 0)
+            .other(kind::RST_RECEIVED, !client_aborts, 0)
+            .st(!client_aborts, ESTABLISHED, CLOSE);
+        let rec = only(r.records());
+        let want = if client_aborts {
+            Closer::ClientReset
+        } else {
+            Closer::ServerReset
+        };
+        assert_eq!(rec.closer, want);
+        assert!(rec.time_wait.is_empty());
+    }
+}
+
+#[test]
+fn refused_and_failed_connects() {
+    let mut r = Replay::new();
+    r.c(CLOSE, SYN_SENT)
+        .other(kind::RST_RECEIVED, true, 0)
+        .c(SYN_SENT, CLOSE);
+    assert_eq!(only(r.records()).closer, Closer::Refused);
+
+    // EADDRNOTAVAIL: the socket never gets a port.
+    let mut r = Replay::new();
+    r.send(Event {
+        kind: kind::SET_STATE,
+        addr: C,
+        old_state: CLOSE,
+        new_state: SYN_SENT,
+        dport: SPORT,
+        ..Event::default()
+    })
+    .send(Event {
+        kind: kind::SET_STATE,
+        addr: C,
+        old_state: SYN_SENT,
+        new_state: CLOSE,
+        dport: SPORT,
+        ..Event::default()
+    });
+    assert_eq!(only(r.records()).closer, Closer::Refused);
+}
+
+#[test]
+fn overflow_when_no_timewait_socket_is_made() {
+    let mut r = Replay::new();
+    r.open()
+        .c(ESTABLISHED, FIN_WAIT1)
+        .s(ESTABLISHED, CLOSE_WAIT)
+        .c(FIN_WAIT1, FIN_WAIT2)
+        .c(FIN_WAIT2, CLOSE) // tcp_max_tw_buckets exhausted: no timer_start
+        .s(CLOSE_WAIT, LAST_ACK)
+        .s(LAST_ACK, CLOSE);
+    let rec = only(r.records());
+    assert_eq!(rec.closer, Closer::Client);
+    assert_eq!(rec.time_wait[0].end, TwEnd::Overflow);
+    assert_eq!(r.t.totals().time_wait[&Side::Client].overflow, 1);
+}
+
+#[test]
+fn visible_reschedule_keeps_the_socket_and_a_lone_cancel_is_a_kill() {
+    let mut r = Replay::new();
+    r.open()
+        .c(ESTABLISHED, FIN_WAIT1)
+        .s(ESTABLISHED, CLOSE_WAIT)
+        .c(FIN_WAIT1, FIN_WAIT2)
+        .other(kind::TW_START, true, FIN_WAIT2)
+        .c(FIN_WAIT2, CLOSE)
+        .s(CLOSE_WAIT, LAST_ACK)
+        .s(LAST_ACK, CLOSE);
+    // cancel + start within the same microsecond: a reschedule (the peer's FIN arrived).
+    r.t.event(&Event {
+        ts_ns: r.now + 10,
+        kind: kind::TW_CANCEL,
+        addr: TW_C,
+        old_state: TIME_WAIT,
+        sport: CPORT,
+        dport: SPORT,
+        saddr: addr(0),
+        daddr: addr(0),
+        family: AF_INET,
+        netns: 1,
+        ..Event::default()
+    });
+    r.t.event(&Event {
+        ts_ns: r.now + 20,
+        kind: kind::TW_START,
+        addr: TW_C,
+        old_state: TIME_WAIT,
+        sport: CPORT,
+        dport: SPORT,
+        saddr: addr(0),
+        daddr: addr(0),
+        family: AF_INET,
+        netns: 1,
+        ..Event::default()
+    });
+    r.wait(100 * MS);
+    assert!(r.records().is_empty(), "a reschedule is not an end");
+    // Then an RST assassinates it: a cancel with nothing after it.
+    r.other(kind::TW_CANCEL, true, TIME_WAIT).wait(2_000 * MS);
+    let rec = only(r.records());
+    assert_eq!(rec.time_wait.len(), 1);
+    assert_eq!(rec.time_wait[0].end, TwEnd::Killed);
+    assert_eq!(rec.time_wait[0].substate_start, Substate::FinWait2);
+}
+
+#[test]
+fn a_new_connection_on_the_same_tuple_reuses_the_timewait_socket() {
+    let mut r = Replay::new();
+    r.open()
+        .c(ESTABLISHED, FIN_WAIT1)
+        .s(ESTABLISHED, CLOSE_WAIT)
+        .c(FIN_WAIT1, FIN_WAIT2)
+        .s(CLOSE_WAIT, LAST_ACK)
+        .other(kind::TW_START, true, TIME_WAIT)
+        .c(FIN_WAIT2, CLOSE)
+        .s(LAST_ACK, CLOSE)
+        .wait(1_500 * MS);
+    // tcp_tw_reuse: connect() picks the same port; the kill happens inside connect().
+    const C2: u64 = 0xc2000;
+    r.send(Event {
+        kind: kind::SET_STATE,
+        addr: C2,
+        old_state: CLOSE,
+        new_state: SYN_SENT,
+        dport: SPORT,
+        saddr: addr(0),
+        daddr: addr(0),
+        ..Event::default()
+    })
+    .other(kind::TW_CANCEL, true, TIME_WAIT)
+    .send(Event {
+        kind: kind::SET_STATE,
+        addr: C2,
+        old_state: SYN_SENT,
+        new_state: ESTABLISHED,
+        sport: CPORT,
+        dport: SPORT,
+        saddr: addr(0),
+        daddr: addr(0),
+        ..Event::default()
+    })
+    .wait(10 * MS);
+    let rec = only(r.records());
+    assert_eq!(rec.time_wait[0].end, TwEnd::Reused);
+    assert!((1_500..1_600).contains(&rec.time_wait[0].duration_ms));
+}
+
+#[test]
+fn a_lone_end_is_classified_from_its_own_transitions() {
+    // Remote server: only the client is on this host.
+    let mut r = Replay::new();
+    r.c(CLOSE, SYN_SENT)
+        .c(SYN_SENT, ESTABLISHED)
+        .c(ESTABLISHED, CLOSE_WAIT)
+        .c(CLOSE_WAIT, LAST_ACK)
+        .c(LAST_ACK, CLOSE);
+    assert!(r.records().is_empty(), "waits a moment for a late peer");
+    r.wait(50 * MS);
+    assert_eq!(only(r.records()).closer, Closer::Server);
+
+    // Remote client: only the accepted socket is here, and it received the RST.
+    let mut r = Replay::new();
+    r.s(LISTEN, SYN_RECV)
+        .s(SYN_RECV, ESTABLISHED)
+        .other(kind::RST_RECEIVED, false, 0)
+        .s(ESTABLISHED, CLOSE)
+        .wait(50 * MS);
+    assert_eq!(only(r.records()).closer, Closer::ClientReset);
+}
+
+#[test]
+fn connections_older_than_the_probe_are_unknown() {
+    let mut r = Replay::new();
+    r.c(ESTABLISHED, FIN_WAIT1)
+        .s(ESTABLISHED, CLOSE_WAIT)
+        .c(FIN_WAIT1, FIN_WAIT2)
+        .s(CLOSE_WAIT, LAST_ACK)
+        .s(LAST_ACK, CLOSE);
+    let recs = r.finish();
+    assert_eq!(only(recs).closer, Closer::Unknown);
+}
+
+#[test]
+fn open_connections_are_flushed_at_exit() {
+    let mut r = Replay::new();
+    r.open();
+    let rec = only(r.finish());
+    assert_eq!(rec.closer, Closer::Unknown);
+    assert_eq!(r.t.totals().closer[&Closer::Unknown], 1);
+}
+
+#[test]
+fn nearest_rank_percentiles() {
+    let v: Vec<u64> = (1..=100).collect();
+    assert_eq!(percentile(&v, 50.0), 50);
+    assert_eq!(percentile(&v, 99.0), 99);
+    assert_eq!(percentile(&v, 100.0), 100);
+    assert_eq!(percentile(&[], 50.0), 0);
+}
