@@ -250,6 +250,8 @@ struct Tw {
     cancel_ns: Option<u64>,
     /// Killed at this time; waiting to see whether a new connection takes its 4-tuple.
     killed_ns: Option<u64>,
+    /// Already taken off the gauge of live timewait sockets.
+    released: bool,
 }
 
 /// A lone end waits this long for its peer before it is classified on its own.
@@ -259,8 +261,10 @@ const LONE_GRACE_NS: u64 = 20_000_000;
 const CANCEL_GRACE_NS: u64 = 5_000_000;
 /// A killed timewait socket counts as reused if a connection on its 4-tuple opens this soon.
 const REUSE_WINDOW_NS: u64 = 1_000_000_000;
-/// A cancel and a start this close together, same tuple, are one reschedule.
-const RESCHEDULE_NS: u64 = 1_000_000;
+/// A cancel and a start this close together, same socket and tuple, are one reschedule
+/// (`__mod_timer` emits them back to back); a kill followed by a new timewait socket at the
+/// same address needs a whole new connection in between.
+const RESCHEDULE_NS: u64 = 100_000;
 
 /// Builds connection records from events. Feed it with [`Tracker::event`], call
 /// [`Tracker::tick`] regularly, and take finished records from [`Tracker::drain`].
@@ -274,8 +278,8 @@ pub struct Tracker {
     current: HashMap<ConnKey, ConnId>,
     next_id: ConnId,
     tws: HashMap<u64, Tw>,
-    /// Live ends by (local, remote), to recognise the connection that reused a timewait socket.
-    by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
+    /// Live timewait sockets by (local, remote).
+    tw_by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
     done: Vec<ConnRecord>,
     totals: Totals,
     timewait_tracked: bool,
@@ -313,7 +317,7 @@ impl Tracker {
                 }
             }
             kind::TW_EXPIRE => {
-                if let Some(mut tw) = self.tws.remove(&e.addr) {
+                if let Some(mut tw) = self.remove_tw(e.addr) {
                     tw.substate = Substate::from_kernel(e.old_state);
                     self.tw_end(tw, TwEnd::Expired, e.ts_ns);
                 }
@@ -334,21 +338,22 @@ impl Tracker {
                 tw.killed_ns = Some(cancel);
             }
             if let Some(killed) = tw.killed_ns {
-                let reused = self
-                    .by_tuple
-                    .get(&(tw.local, tw.remote))
-                    .and_then(|a| self.ends.get(a))
-                    .is_some_and(|end| end.opened_ns + RESCHEDULE_NS >= killed);
-                if reused {
-                    ended.push((addr, TwEnd::Reused, killed));
-                } else if now_ns.saturating_sub(killed) > REUSE_WINDOW_NS {
-                    ended.push((addr, TwEnd::Killed, killed));
+                // Gone from the kernel now, even if we wait to learn whether it was reused.
+                if !tw.released
+                    && let Some((_, side)) = tw.owner
+                {
+                    let stats = self.totals.time_wait.entry(side).or_default();
+                    stats.current = stats.current.saturating_sub(1);
+                    tw.released = true;
+                }
+                if now_ns.saturating_sub(killed) > REUSE_WINDOW_NS {
+                    ended.push((addr, killed));
                 }
             }
         }
-        for (addr, end, at) in ended {
-            if let Some(tw) = self.tws.remove(&addr) {
-                self.tw_end(tw, end, at);
+        for (addr, at) in ended {
+            if let Some(tw) = self.remove_tw(addr) {
+                self.tw_end(tw, TwEnd::Killed, at);
             }
         }
         let lone: Vec<ConnId> = self
@@ -372,6 +377,7 @@ impl Tracker {
     /// alive are `open` with their age so far.
     pub fn flush(&mut self, now_ns: u64) {
         self.tick(now_ns);
+        self.tw_by_tuple.clear();
         let tws: Vec<(u64, Tw)> = self.tws.drain().collect();
         for (_, tw) in tws {
             match tw.killed_ns {
@@ -431,11 +437,11 @@ impl Tracker {
             if let Some(end) = self.ends.get_mut(&e.addr) {
                 end.conn = Some(id);
             }
-            self.by_tuple.insert((local, remote), e.addr);
             if let Some(conn) = self.conns.get_mut(&id) {
                 conn.live.push(e.addr);
                 conn.lone_since = None;
             }
+            self.took_tuple(local, remote);
         }
         match (old, new) {
             (_, st::ESTABLISHED) => {
@@ -490,9 +496,6 @@ impl Tracker {
 
     /// A full socket reached CLOSE (or the trace ended): file it under its connection.
     fn close_end(&mut self, addr: u64, end: End, at_exit: bool) {
-        if self.by_tuple.get(&(end.local, end.remote)) == Some(&addr) {
-            self.by_tuple.remove(&(end.local, end.remote));
-        }
         let (key, client_side) = end.key_for();
         let id = match end.conn {
             Some(id) => id,
@@ -598,7 +601,7 @@ impl Tracker {
                 return;
             }
             // The old socket's end went unseen (or its kill is still pending): close it now.
-            if let Some(old) = self.tws.remove(&e.addr) {
+            if let Some(old) = self.remove_tw(e.addr) {
                 let at = old.cancel_ns.unwrap_or(e.ts_ns);
                 self.tw_end(old, TwEnd::Killed, at);
             }
@@ -623,9 +626,18 @@ impl Tracker {
             }
             None => self.totals.time_wait_unmatched += 1,
         }
+        if let Some(old) = self.tw_by_tuple.insert((local, remote), e.addr)
+            && old != e.addr
+            && let Some(stale) = self.remove_tw(old)
+        {
+            let at = stale.cancel_ns.unwrap_or(e.ts_ns);
+            self.tw_end(stale, TwEnd::Killed, at);
+            self.tw_by_tuple.insert((local, remote), e.addr);
+        }
         self.tws.insert(
             e.addr,
             Tw {
+                released: false,
                 local,
                 remote,
                 start_ns: e.ts_ns,
@@ -680,13 +692,36 @@ impl Tracker {
         None
     }
 
+    /// A new connection took this 4-tuple: a timewait socket on it whose timer was just
+    /// cancelled was killed for it (tcp_tw_reuse on connect, or a SYN accepted in TIME_WAIT).
+    fn took_tuple(&mut self, local: SocketAddr, remote: SocketAddr) {
+        let Some(&addr) = self.tw_by_tuple.get(&(local, remote)) else {
+            return;
+        };
+        if let Some(at) = self.tws.get(&addr).and_then(|tw| tw.cancel_ns)
+            && let Some(tw) = self.remove_tw(addr)
+        {
+            self.tw_end(tw, TwEnd::Reused, at);
+        }
+    }
+
+    fn remove_tw(&mut self, addr: u64) -> Option<Tw> {
+        let tw = self.tws.remove(&addr)?;
+        if self.tw_by_tuple.get(&(tw.local, tw.remote)) == Some(&addr) {
+            self.tw_by_tuple.remove(&(tw.local, tw.remote));
+        }
+        Some(tw)
+    }
+
     fn tw_end(&mut self, tw: Tw, end: TwEnd, at_ns: u64) {
         let Some((key, side)) = tw.owner else {
             return;
         };
         let duration_ms = at_ns.saturating_sub(tw.start_ns) / 1_000_000;
         let stats = self.totals.time_wait.entry(side).or_default();
-        stats.current = stats.current.saturating_sub(1);
+        if !tw.released {
+            stats.current = stats.current.saturating_sub(1);
+        }
         match end {
             TwEnd::Expired => stats.expired += 1,
             TwEnd::Reused => stats.reused += 1,
