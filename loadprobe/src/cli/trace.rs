@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
+use loadprobe::diag::{self, TwSocket};
 use loadprobe::probe::summary::Summary;
 use loadprobe::probe::track::{ConnRecord, Side, Tracker};
 use loadprobe::probe::{Netns, Probe, ProbeOptions, monotonic_ns};
@@ -27,6 +28,13 @@ pub struct TraceArgs {
     duration: Option<f64>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Every second, compare the probe's TIME_WAIT gauge with the kernel's own count
+    /// (sock_diag, /proc/net/sockstat) and report the difference.
+    #[arg(long, conflicts_with = "all_netns")]
+    verify: bool,
+    /// Print every raw kernel event to stderr (for debugging the probe).
+    #[arg(long, hide = true)]
+    debug_events: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -56,6 +64,20 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
     if let Some(reason) = probe.timewait_unavailable() {
         eprintln!("loadprobe: TIME_WAIT tracking unavailable ({reason}); closers only");
     }
+    let mut tracker = Tracker::new(probe.timewait_unavailable().is_none());
+    let mut verify = match (args.verify, probe.timewait_unavailable()) {
+        (false, _) => None,
+        (true, Some(reason)) => {
+            anyhow::bail!("--verify needs TIME_WAIT tracking, which is unavailable: {reason}")
+        }
+        (true, None) => {
+            // What existed before the probe: the kernel's list, read once the probe is attached.
+            probe.poll(Duration::ZERO, |e| tracker.event(e))?;
+            let before = kernel_timewait(&args.ports)?;
+            tracker.set_baseline(before.into_iter().map(|tw| (tw.local, tw.remote)));
+            Some(Verify::default())
+        }
+    };
     let scope = if args.all_netns {
         "all network namespaces".to_string()
     } else {
@@ -68,19 +90,36 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
     };
     eprintln!("loadprobe: tracing TCP connections in {scope}{ports}; Ctrl-C to stop");
 
-    let mut tracker = Tracker::new(probe.timewait_unavailable().is_none());
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
     let live = args.format == Format::Text && std::io::stderr().is_terminal();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut last_view = Instant::now();
+    let mut last_second = Instant::now();
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-        probe.poll(Duration::from_millis(100), |e| tracker.event(e))?;
+        probe.poll(Duration::from_millis(100), |e| {
+            if args.debug_events {
+                eprintln!("{e:?}");
+            }
+            tracker.event(e)
+        })?;
         tracker.tick(monotonic_ns());
         emit(&mut out, args.format, tracker.drain())?;
-        if live && last_view.elapsed() >= Duration::from_secs(1) {
-            last_view = Instant::now();
+        if last_second.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        last_second = Instant::now();
+        if let Some(verify) = &mut verify {
+            // Take in what the kernel did up to now, then ask it for its count.
+            probe.poll(Duration::ZERO, |e| tracker.event(e))?;
+            tracker.tick(monotonic_ns());
+            let sample = verify.sample(tracker.timewait_gauge(), kernel_count(&args.ports)?);
+            match args.format {
+                Format::Jsonl => writeln!(out, "{}", serde_json::json!({ "verify": sample }))?,
+                Format::Text => eprintln!("{}", sample.line()),
+            }
+            out.flush()?;
+        } else if live {
             eprint!("\r{}", live_line(&tracker, probe.lost_events()));
         }
     }
@@ -88,7 +127,7 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
     probe.poll(Duration::ZERO, |e| tracker.event(e))?;
     tracker.flush(monotonic_ns());
     emit(&mut out, args.format, tracker.drain())?;
-    if live {
+    if live && verify.is_none() {
         eprintln!();
     }
     let summary = Summary::new(
@@ -96,9 +135,25 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         probe.lost_events(),
         probe.timewait_unavailable(),
     );
+    let verify = verify.map(Verify::result);
     match args.format {
-        Format::Jsonl => writeln!(out, "{}", serde_json::json!({ "summary": summary }))?,
-        Format::Text => write_summary(&mut out, &summary)?,
+        Format::Jsonl => {
+            let mut value = serde_json::json!({ "summary": summary });
+            if let Some(v) = &verify {
+                value["summary"]["verify"] = serde_json::to_value(v)?;
+            }
+            writeln!(out, "{value}")?;
+        }
+        Format::Text => {
+            write_summary(&mut out, &summary)?;
+            if let Some(v) = &verify {
+                writeln!(
+                    out,
+                    "verify: {} samples, largest difference {} ({:.3}%)",
+                    v.samples, v.max_abs_diff, v.max_abs_diff_pct
+                )?;
+            }
+        }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
@@ -152,8 +207,98 @@ fn write_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
         ] {
             writeln!(out, "  {name:<10} {a:>8} {b:>10}")?;
         }
+        if s.time_wait.unmatched > 0 {
+            writeln!(
+                out,
+                "  ({} more of connections opened before the trace)",
+                s.time_wait.unmatched
+            )?;
+        }
     } else {
         writeln!(out, "TIME_WAIT: unavailable")?;
     }
     writeln!(out, "lost events: {}", s.lost_events)
+}
+
+/// The kernel's timewait sockets of this namespace, limited to `ports` if any are given.
+fn kernel_timewait(ports: &[u16]) -> anyhow::Result<Vec<TwSocket>> {
+    let mut list = diag::timewait_sockets()?;
+    if !ports.is_empty() {
+        list.retain(|tw| ports.contains(&tw.local.port()) || ports.contains(&tw.remote.port()));
+    }
+    Ok(list)
+}
+
+/// The kernel's count of timewait sockets in the probe's scope. Without a port filter the
+/// sockstat counter is exact and cheap; with one, only a dump can filter.
+fn kernel_count(ports: &[u16]) -> anyhow::Result<u64> {
+    Ok(if ports.is_empty() {
+        diag::sockstat_tw()?
+    } else {
+        kernel_timewait(ports)?.len() as u64
+    })
+}
+
+/// The probe's TIME_WAIT gauge against the kernel's count, second by second.
+#[derive(Default)]
+struct Verify {
+    started: Option<Instant>,
+    samples: u64,
+    max_abs_diff: u64,
+    max_abs_diff_pct: f64,
+}
+
+#[derive(serde::Serialize)]
+struct VerifySample {
+    elapsed_s: u64,
+    probe: u64,
+    kernel: u64,
+    diff: i64,
+    diff_pct: f64,
+}
+
+#[derive(serde::Serialize)]
+struct VerifyResult {
+    samples: u64,
+    max_abs_diff: u64,
+    max_abs_diff_pct: f64,
+}
+
+impl Verify {
+    fn sample(&mut self, probe: u64, kernel: u64) -> VerifySample {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let diff = probe as i64 - kernel as i64;
+        let diff_pct = match (kernel, diff) {
+            (_, 0) => 0.0,
+            (0, _) => 100.0,
+            _ => diff as f64 * 100.0 / kernel as f64,
+        };
+        self.samples += 1;
+        self.max_abs_diff = self.max_abs_diff.max(diff.unsigned_abs());
+        self.max_abs_diff_pct = self.max_abs_diff_pct.max(diff_pct.abs());
+        VerifySample {
+            elapsed_s: started.elapsed().as_secs(),
+            probe,
+            kernel,
+            diff,
+            diff_pct,
+        }
+    }
+
+    fn result(self) -> VerifyResult {
+        VerifyResult {
+            samples: self.samples,
+            max_abs_diff: self.max_abs_diff,
+            max_abs_diff_pct: self.max_abs_diff_pct,
+        }
+    }
+}
+
+impl VerifySample {
+    fn line(&self) -> String {
+        format!(
+            "{:>5}s  TIME_WAIT probe {:>8}  kernel {:>8}  diff {:>+6} ({:+.3}%)",
+            self.elapsed_s, self.probe, self.kernel, self.diff, self.diff_pct
+        )
+    }
 }

@@ -12,7 +12,7 @@
 //!   `timer_expire_entry` on expiry; `timer_cancel` then `timer_start` on a visible reschedule;
 //!   `timer_cancel` alone on an early kill.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
 use loadprobe_common::{Event, kind, tcp_state as st};
@@ -248,10 +248,6 @@ struct Tw {
     substate: Substate,
     owner: Option<(ConnId, Side)>,
     cancel_ns: Option<u64>,
-    /// Killed at this time; waiting to see whether a new connection takes its 4-tuple.
-    killed_ns: Option<u64>,
-    /// Already taken off the gauge of live timewait sockets.
-    released: bool,
 }
 
 /// A lone end waits this long for its peer before it is classified on its own.
@@ -278,8 +274,15 @@ pub struct Tracker {
     current: HashMap<ConnKey, ConnId>,
     next_id: ConnId,
     tws: HashMap<u64, Tw>,
+    /// Timer cancels of timewait sockets the probe never saw created, by address.
+    foreign_cancels: HashMap<u64, (u64, (SocketAddr, SocketAddr))>,
+    /// Timewait sockets older than the probe, still alive (see [`Tracker::set_baseline`]).
+    baseline: HashSet<(SocketAddr, SocketAddr)>,
     /// Live timewait sockets by (local, remote).
     tw_by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
+    /// Timewait sockets killed early, by (local, remote), with the time of the kill: for a
+    /// moment they may still turn out to have been reused.
+    dying: HashMap<(SocketAddr, SocketAddr), (Tw, u64)>,
     done: Vec<ConnRecord>,
     totals: Totals,
     timewait_tracked: bool,
@@ -299,6 +302,28 @@ impl Tracker {
         &self.totals
     }
 
+    /// Timewait sockets the probe saw being created and not yet ending, on any side.
+    pub fn live_timewait(&self) -> u64 {
+        self.tws.len() as u64
+    }
+
+    /// Sets the timewait sockets that existed before the probe (local, remote), as the kernel
+    /// listed them right after the probe attached. Those the probe has already seen created are
+    /// left out; the others leave the set as the probe sees them end.
+    pub fn set_baseline(&mut self, tuples: impl IntoIterator<Item = (SocketAddr, SocketAddr)>) {
+        let known = &self.tw_by_tuple;
+        self.baseline = tuples
+            .into_iter()
+            .filter(|t| !known.contains_key(t))
+            .collect();
+    }
+
+    /// The probe's count of timewait sockets in its scope: those it saw created and not yet
+    /// ended, plus those of the baseline still alive.
+    pub fn timewait_gauge(&self) -> u64 {
+        self.live_timewait() + self.baseline.len() as u64
+    }
+
     /// Finished records, oldest first.
     pub fn drain(&mut self) -> std::vec::Drain<'_, ConnRecord> {
         self.done.drain(..)
@@ -310,18 +335,25 @@ impl Tracker {
             kind::RST_SENT => self.act(e.addr, Act::SentRst, e.ts_ns),
             kind::RST_RECEIVED => self.act(e.addr, Act::GotRst, e.ts_ns),
             kind::TW_START => self.tw_start(e),
-            kind::TW_CANCEL => {
-                if let Some(tw) = self.tws.get_mut(&e.addr) {
+            kind::TW_CANCEL => match self.tws.get_mut(&e.addr) {
+                Some(tw) => {
                     tw.cancel_ns = Some(e.ts_ns);
                     tw.substate = Substate::from_kernel(e.old_state);
                 }
-            }
-            kind::TW_EXPIRE => {
-                if let Some(mut tw) = self.remove_tw(e.addr) {
-                    tw.substate = Substate::from_kernel(e.old_state);
-                    self.tw_end(tw, TwEnd::Expired, e.ts_ns);
+                None => {
+                    self.foreign_cancels.insert(e.addr, (e.ts_ns, endpoints(e)));
                 }
-            }
+            },
+            kind::TW_EXPIRE => match self.remove_tw(e.addr) {
+                Some(mut tw) => {
+                    tw.substate = Substate::from_kernel(e.old_state);
+                    self.tw_end(tw, TwEnd::Expired, e.ts_ns, false);
+                }
+                None => {
+                    self.foreign_cancels.remove(&e.addr);
+                    self.baseline.remove(&endpoints(e));
+                }
+            },
             _ => {}
         }
     }
@@ -329,31 +361,34 @@ impl Tracker {
     /// Resolves what only the passing of time tells: kills (a cancel with nothing after it),
     /// reuses, and lone ends whose peer never showed. `now_ns` is CLOCK_MONOTONIC.
     pub fn tick(&mut self, now_ns: u64) {
-        let mut ended = Vec::new();
-        for (&addr, tw) in &mut self.tws {
-            if let Some(cancel) = tw.cancel_ns
-                && tw.killed_ns.is_none()
-                && now_ns.saturating_sub(cancel) > CANCEL_GRACE_NS
-            {
-                tw.killed_ns = Some(cancel);
+        let baseline = &mut self.baseline;
+        self.foreign_cancels.retain(|_, (at, tuple)| {
+            let killed = now_ns.saturating_sub(*at) > CANCEL_GRACE_NS;
+            if killed {
+                baseline.remove(tuple);
             }
-            if let Some(killed) = tw.killed_ns {
-                // Gone from the kernel now, even if we wait to learn whether it was reused.
-                if !tw.released
-                    && let Some((_, side)) = tw.owner
-                {
-                    let stats = self.totals.time_wait.entry(side).or_default();
-                    stats.current = stats.current.saturating_sub(1);
-                    tw.released = true;
-                }
-                if now_ns.saturating_sub(killed) > REUSE_WINDOW_NS {
-                    ended.push((addr, killed));
-                }
+            !killed
+        });
+        let cancelled: Vec<(u64, u64)> = self
+            .tws
+            .iter()
+            .filter_map(|(&addr, tw)| Some((addr, tw.cancel_ns?)))
+            .filter(|&(_, at)| now_ns.saturating_sub(at) > CANCEL_GRACE_NS)
+            .collect();
+        for (addr, at) in cancelled {
+            if let Some(tw) = self.remove_tw(addr) {
+                self.kill(tw, at);
             }
         }
-        for (addr, at) in ended {
-            if let Some(tw) = self.remove_tw(addr) {
-                self.tw_end(tw, TwEnd::Killed, at);
+        let expired: Vec<(SocketAddr, SocketAddr)> = self
+            .dying
+            .iter()
+            .filter(|(_, (_, at))| now_ns.saturating_sub(*at) > REUSE_WINDOW_NS)
+            .map(|(tuple, _)| *tuple)
+            .collect();
+        for tuple in expired {
+            if let Some((tw, at)) = self.dying.remove(&tuple) {
+                self.tw_end(tw, TwEnd::Killed, at, true);
             }
         }
         let lone: Vec<ConnId> = self
@@ -378,11 +413,15 @@ impl Tracker {
     pub fn flush(&mut self, now_ns: u64) {
         self.tick(now_ns);
         self.tw_by_tuple.clear();
+        let dying: Vec<(Tw, u64)> = self.dying.drain().map(|(_, d)| d).collect();
+        for (tw, at) in dying {
+            self.tw_end(tw, TwEnd::Killed, at, true);
+        }
         let tws: Vec<(u64, Tw)> = self.tws.drain().collect();
         for (_, tw) in tws {
-            match tw.killed_ns {
-                Some(at) => self.tw_end(tw, TwEnd::Killed, at),
-                None => self.tw_end(tw, TwEnd::Open, now_ns),
+            match tw.cancel_ns {
+                Some(at) => self.tw_end(tw, TwEnd::Killed, at, false),
+                None => self.tw_end(tw, TwEnd::Open, now_ns, false),
             }
         }
         let live: Vec<u64> = self.ends.keys().copied().collect();
@@ -589,6 +628,14 @@ impl Tracker {
     fn tw_start(&mut self, e: &Event) {
         let (local, remote) = endpoints(e);
         let substate = Substate::from_kernel(e.old_state);
+        if let Some((cancel, tuple)) = self.foreign_cancels.remove(&e.addr) {
+            if e.ts_ns.saturating_sub(cancel) < RESCHEDULE_NS {
+                return; // a reschedule of a timewait socket older than the probe
+            }
+            self.baseline.remove(&tuple);
+        }
+        // Created just before the baseline was read: the probe knows it now.
+        self.baseline.remove(&(local, remote));
         if let Some(tw) = self.tws.get_mut(&e.addr) {
             let same = tw.local == local && tw.remote == remote;
             if same
@@ -600,10 +647,10 @@ impl Tracker {
                 tw.substate = substate;
                 return;
             }
-            // The old socket's end went unseen (or its kill is still pending): close it now.
+            // The kernel freed the old socket (a kill) and reused its memory.
             if let Some(old) = self.remove_tw(e.addr) {
                 let at = old.cancel_ns.unwrap_or(e.ts_ns);
-                self.tw_end(old, TwEnd::Killed, at);
+                self.kill(old, at);
             }
         }
         let owner = self.owner_of(local, remote, e.netns);
@@ -631,13 +678,12 @@ impl Tracker {
             && let Some(stale) = self.remove_tw(old)
         {
             let at = stale.cancel_ns.unwrap_or(e.ts_ns);
-            self.tw_end(stale, TwEnd::Killed, at);
+            self.kill(stale, at);
             self.tw_by_tuple.insert((local, remote), e.addr);
         }
         self.tws.insert(
             e.addr,
             Tw {
-                released: false,
                 local,
                 remote,
                 start_ns: e.ts_ns,
@@ -645,7 +691,6 @@ impl Tracker {
                 substate,
                 owner,
                 cancel_ns: None,
-                killed_ns: None,
             },
         );
     }
@@ -695,13 +740,28 @@ impl Tracker {
     /// A new connection took this 4-tuple: a timewait socket on it whose timer was just
     /// cancelled was killed for it (tcp_tw_reuse on connect, or a SYN accepted in TIME_WAIT).
     fn took_tuple(&mut self, local: SocketAddr, remote: SocketAddr) {
+        if let Some((tw, at)) = self.dying.remove(&(local, remote)) {
+            self.tw_end(tw, TwEnd::Reused, at, true);
+        }
         let Some(&addr) = self.tw_by_tuple.get(&(local, remote)) else {
             return;
         };
         if let Some(at) = self.tws.get(&addr).and_then(|tw| tw.cancel_ns)
             && let Some(tw) = self.remove_tw(addr)
         {
-            self.tw_end(tw, TwEnd::Reused, at);
+            self.tw_end(tw, TwEnd::Reused, at, false);
+        }
+    }
+
+    /// The timewait socket is gone from the kernel, killed early: it leaves the gauge now and
+    /// waits, by 4-tuple, to learn whether a new connection took its place.
+    fn kill(&mut self, tw: Tw, at: u64) {
+        if let Some((_, side)) = tw.owner {
+            let stats = self.totals.time_wait.entry(side).or_default();
+            stats.current = stats.current.saturating_sub(1);
+        }
+        if let Some((older, older_at)) = self.dying.insert((tw.local, tw.remote), (tw, at)) {
+            self.tw_end(older, TwEnd::Killed, older_at, true);
         }
     }
 
@@ -713,13 +773,14 @@ impl Tracker {
         Some(tw)
     }
 
-    fn tw_end(&mut self, tw: Tw, end: TwEnd, at_ns: u64) {
+    /// Records the end of a timewait socket; `released`: already off the gauge (see `kill`).
+    fn tw_end(&mut self, tw: Tw, end: TwEnd, at_ns: u64, released: bool) {
         let Some((key, side)) = tw.owner else {
             return;
         };
         let duration_ms = at_ns.saturating_sub(tw.start_ns) / 1_000_000;
         let stats = self.totals.time_wait.entry(side).or_default();
-        if !tw.released {
+        if !released {
             stats.current = stats.current.saturating_sub(1);
         }
         match end {
