@@ -7,6 +7,7 @@
 
 pub mod btf;
 pub mod event;
+pub mod session;
 pub mod summary;
 pub mod track;
 

@@ -286,6 +286,8 @@ pub struct Tracker {
     done: Vec<ConnRecord>,
     totals: Totals,
     timewait_tracked: bool,
+    /// Hold a connection's record until its timewait sockets end (see `records_at_close`).
+    wait_for_timewait: bool,
 }
 
 impl Tracker {
@@ -294,8 +296,17 @@ impl Tracker {
     pub fn new(timewait_tracked: bool) -> Tracker {
         Tracker {
             timewait_tracked,
+            wait_for_timewait: timewait_tracked,
             ..Tracker::default()
         }
+    }
+
+    /// Finish each record as soon as both ends are closed, without its TIME_WAIT list. The
+    /// totals still count every timewait socket; memory then stays bounded by the live sockets
+    /// rather than by a minute of connections, which is what a load run needs.
+    pub fn records_at_close(mut self) -> Tracker {
+        self.wait_for_timewait = false;
+        self
     }
 
     pub fn totals(&self) -> &Totals {
@@ -602,11 +613,12 @@ impl Tracker {
         let Some(conn) = self.conns.get(&key) else {
             return;
         };
-        let waiting = !conn.live.is_empty() || conn.tw_live > 0 || conn.lone_since.is_some();
+        let tw_wait = conn.tw_live > 0 && self.wait_for_timewait;
+        let waiting = !conn.live.is_empty() || tw_wait || conn.lone_since.is_some();
         if waiting && !force {
             return;
         }
-        if !conn.live.is_empty() || conn.tw_live > 0 {
+        if !conn.live.is_empty() || tw_wait {
             return; // flush() closes ends and timewait sockets first
         }
         let Some(conn) = self.conns.remove(&key) else {

@@ -1,0 +1,120 @@
+//! The probe running beside a load run: a thread of its own reads the kernel's events while the
+//! driver works, so the driver's runtime never waits on it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::summary::Summary;
+use super::track::{Side, Tracker};
+use super::{Probe, ProbeError, ProbeOptions, monotonic_ns};
+
+/// TIME_WAIT sockets alive, per side, as the probe sees them now.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub time_wait_client: AtomicU64,
+    pub time_wait_server: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+/// One second of the run: TIME_WAIT sockets alive per side at its end.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimeWaitPoint {
+    pub second: u64,
+    pub client: u64,
+    pub server: u64,
+}
+
+/// What the probe saw during a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionReport {
+    pub summary: Summary,
+    pub time_wait_timeline: Vec<TimeWaitPoint>,
+}
+
+pub struct Session {
+    stop: Arc<AtomicBool>,
+    live: Arc<Live>,
+    thread: JoinHandle<Result<SessionReport, ProbeError>>,
+}
+
+/// After the load stops, the last connections still close (and their events still arrive).
+const SETTLE: Duration = Duration::from_millis(300);
+
+impl Session {
+    /// Attaches the probe (errors, e.g. missing privileges, surface here) and starts reading.
+    pub fn start(options: &ProbeOptions) -> Result<Session, ProbeError> {
+        let probe = Probe::attach(options)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(Live::default());
+        let thread = {
+            let (stop, live) = (Arc::clone(&stop), Arc::clone(&live));
+            std::thread::Builder::new()
+                .name("loadprobe-probe".into())
+                .spawn(move || read(probe, &stop, &live))
+                .map_err(ProbeError::Read)?
+        };
+        Ok(Session { stop, live, thread })
+    }
+
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// Stops reading (after a short settle so that the last closes are seen) and reports.
+    pub fn finish(self) -> Result<SessionReport, ProbeError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| ProbeError::Read(std::io::Error::other("the probe thread panicked")))?
+    }
+}
+
+fn read(mut probe: Probe, stop: &AtomicBool, live: &Live) -> Result<SessionReport, ProbeError> {
+    let mut tracker = Tracker::new(probe.timewait_unavailable().is_none()).records_at_close();
+    let started = Instant::now();
+    let mut timeline = Vec::new();
+    let mut next_second = Duration::from_secs(1);
+    let mut stopping: Option<Instant> = None;
+    loop {
+        probe.poll(Duration::from_millis(50), |e| tracker.event(e))?;
+        tracker.tick(monotonic_ns());
+        tracker.drain().for_each(drop);
+        let totals = tracker.totals();
+        let current = |s: Side| totals.time_wait.get(&s).map_or(0, |t| t.current);
+        live.time_wait_client
+            .store(current(Side::Client), Ordering::Relaxed);
+        live.time_wait_server
+            .store(current(Side::Server), Ordering::Relaxed);
+        live.connections
+            .store(totals.closer.values().sum(), Ordering::Relaxed);
+        if started.elapsed() >= next_second {
+            timeline.push(TimeWaitPoint {
+                second: next_second.as_secs(),
+                client: current(Side::Client),
+                server: current(Side::Server),
+            });
+            next_second += Duration::from_secs(1);
+        }
+        if stop.load(Ordering::Relaxed) {
+            let since = *stopping.get_or_insert_with(Instant::now);
+            if since.elapsed() >= SETTLE {
+                break;
+            }
+        }
+    }
+    probe.poll(Duration::ZERO, |e| tracker.event(e))?;
+    tracker.flush(monotonic_ns());
+    tracker.drain().for_each(drop);
+    Ok(SessionReport {
+        summary: Summary::new(
+            tracker.totals(),
+            probe.lost_events(),
+            probe.timewait_unavailable(),
+        ),
+        time_wait_timeline: timeline,
+    })
+}
