@@ -1,4 +1,9 @@
 //! loadprobe: a load generator that proves, with eBPF, how every TCP connection it makes ends:
 //! who closed it, and how long its TIME_WAIT socket lived.
 
+pub mod diag;
+pub mod kernel;
 pub mod probe;
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -84,7 +84,7 @@ pub fn offset(btf: &Btf, name: &str, path: &str) -> Result<u16, ProbeError> {
             ty = strip(btf, member_ty)?;
         }
     }
-    if bits % 8 != 0 {
+    if !bits.is_multiple_of(8) {
         return Err(ProbeError::Btf(format!("{name}.{path} is a bitfield")));
     }
     u16::try_from(bits / 8).map_err(|_| ProbeError::Btf(format!("{name}.{path} is too far in")))
