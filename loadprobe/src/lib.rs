@@ -2,8 +2,12 @@
 //! who closed it, and how long its TIME_WAIT socket lived.
 
 pub mod diag;
+pub mod driver;
 pub mod kernel;
 pub mod probe;
+pub mod report;
+pub mod server;
+pub mod tune;
 
 #[cfg(test)]
 pub(crate) mod testing;

@@ -1,1 +1,375 @@
-fn main() {}
+//! Developer tasks for loadprobe: `cargo xtask setup|test|run|lint`.
+//!
+//! `setup` provisions everything the build and the tests need (nightly rust-src, a bpf-linker
+//! linked against nightly's own libLLVM, a few Debian packages, tracefs). It is idempotent and
+//! takes seconds when the machine is already provisioned; `test` and `run` call it first.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::ffi::OsStr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+/// The bpf-linker release line that matches aya 0.14 and nightly's LLVM.
+const BPF_LINKER_VERSION: &str = "0.13";
+
+/// Debian packages the tests and benchmarks use: `ip`/`ss` (namespaces), nginx (a third-party
+/// server to load), `sysctl`/`pgrep`. Each entry is satisfied by any one of its names; the first
+/// name with an installation candidate is installed. (On bookworm, `nginx` carries the binary and
+/// `nginx-light` only adds a module on top of it.)
+const APT_PACKAGES: &[&[&str]] = &[&["iproute2"], &["nginx", "nginx-light"], &["procps"]];
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "loadprobe's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Provision this machine (idempotent): rust-src, bpf-linker, apt packages, tracefs.
+    Setup,
+    /// Setup, build loadprobe, then `cargo test --workspace` (extra arguments go to cargo test).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build loadprobe in release mode, then run it with ARGS.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Formatting check and clippy (host crates and the eBPF crate), warnings as errors.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    // One line on failure, no backtrace: the failing command says what went wrong above it.
+    main_inner().unwrap_or_else(|e| {
+        eprintln!("xtask: error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn main_inner() -> Result<ExitCode> {
+    // No chdir: `run` keeps the caller's directory for loadprobe's relative paths, and cargo
+    // finds the workspace from anywhere inside it.
+    let root = repo_root();
+    match Cli::parse().task {
+        Task::Setup => setup().map(|()| ExitCode::SUCCESS),
+        Task::Test { args } => {
+            setup()?;
+            test(&args)
+        }
+        Task::Run { args } => {
+            setup()?;
+            run(&root, &args)
+        }
+        Task::Lint => lint(),
+    }
+}
+
+/// The workspace root: xtask/ lives directly under it.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+fn setup() -> Result<()> {
+    ensure_rust_src()?;
+    ensure_bpf_linker()?;
+    let root_user = is_root();
+    ensure_apt_packages(root_user)?;
+    ensure_tracefs(root_user)?;
+    Ok(())
+}
+
+/// The eBPF crate is built with `-Z build-std=core`, which needs nightly's rust-src.
+fn ensure_rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("nightly toolchain not usable (rustup component list --toolchain nightly)")?;
+    if installed.lines().any(|l| l.trim() == "rust-src") {
+        println!("setup: rust-src (nightly): present");
+        return Ok(());
+    }
+    println!("setup: rust-src (nightly): installing");
+    status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker must use the same LLVM as nightly's rustc, so it is linked against the very
+/// libLLVM shared library shipped with the nightly toolchain.
+fn ensure_bpf_linker() -> Result<()> {
+    if let Some(version) = bpf_linker_version() {
+        if version.starts_with(BPF_LINKER_VERSION) {
+            println!("setup: bpf-linker: {version} present");
+            return Ok(());
+        }
+        println!("setup: bpf-linker: found {version}, need {BPF_LINKER_VERSION}");
+    }
+    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let llvm_major = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("no `LLVM version:` line in `rustc +nightly -vV`")?
+        .to_owned();
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let libdir = Path::new(sysroot.trim()).join("lib");
+    let libllvm = std::fs::read_dir(&libdir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(OsStr::to_str)
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", libdir.display()))?;
+    // bpf-linker's build looks for `$LLVM_PREFIX/lib/libLLVM.so`; the binary it produces keeps
+    // `$LLVM_PREFIX/lib` as its run path and needs the versioned name there.
+    // Beside the installed binary (not under target/, which `cargo clean` empties): the linker
+    // must find this folder for as long as it is installed.
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let prefix = cargo_home.join(format!("loadprobe-llvm-{llvm_major}"));
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    let versioned = libllvm.file_name().expect("a file name");
+    for name in [OsStr::new("libLLVM.so"), versioned] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("symlink {}", link.display()))?;
+    }
+    let feature = format!("llvm-{llvm_major}");
+    println!(
+        "setup: bpf-linker: installing {BPF_LINKER_VERSION} with {feature} against {}",
+        libllvm.display()
+    );
+    status(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version"])
+            .arg(format!("^{BPF_LINKER_VERSION}"))
+            .args(["--no-default-features", "--features", &feature])
+            .env("LLVM_PREFIX", &prefix),
+    )
+}
+
+/// `bpf-linker --version`, run outside cargo's environment (no inherited library paths), or
+/// None when it is missing or does not start (for instance, its libLLVM link is gone).
+fn bpf_linker_version() -> Option<String> {
+    let mut cmd = Command::new("bpf-linker");
+    cmd.arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null());
+    for (key, _) in std::env::vars_os() {
+        let key_str = key.to_string_lossy();
+        if key_str.starts_with("CARGO")
+            || key_str.starts_with("RUSTUP")
+            || key_str == "LD_LIBRARY_PATH"
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    let out = cmd.output().ok().filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "bpf-linker 0.13.0"
+    text.split_whitespace().nth(1).map(str::to_owned)
+}
+
+fn ensure_apt_packages(root_user: bool) -> Result<()> {
+    let mut missing = Vec::new();
+    for alternatives in APT_PACKAGES {
+        match alternatives.iter().find(|p| dpkg_installed(p)) {
+            Some(p) => println!("setup: apt {p}: installed"),
+            None => missing.push(*alternatives),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|a| a[0]).collect();
+    if !root_user {
+        println!(
+            "setup: apt {}: missing, skipped (not root)",
+            names.join(", ")
+        );
+        return Ok(());
+    }
+    println!(
+        "setup: apt {}: missing, running apt-get update",
+        names.join(", ")
+    );
+    status(Command::new("apt-get").args(["update", "-q"]))?;
+    let mut install = Vec::new();
+    for alternatives in missing {
+        let pick = alternatives
+            .iter()
+            .find(|p| apt_has_candidate(p))
+            .with_context(|| format!("apt offers none of {alternatives:?}"))?;
+        install.push(*pick);
+    }
+    println!("setup: apt: installing {}", install.join(" "));
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&install)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.ends_with(b" installed"))
+}
+
+fn apt_has_candidate(package: &str) -> bool {
+    output(Command::new("apt-cache").args(["policy", package])).is_ok_and(|out| {
+        out.lines()
+            .filter_map(|l| l.trim().strip_prefix("Candidate:"))
+            .any(|c| c.trim() != "(none)")
+    })
+}
+
+/// The tracepoint programs need tracefs (loadprobe mounts it too; doing it here is harmless).
+fn ensure_tracefs(root_user: bool) -> Result<()> {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        println!("setup: tracefs: mounted");
+    } else if !root_user {
+        println!("setup: tracefs: not mounted, skipped (not root)");
+    } else {
+        println!("setup: tracefs: mounting on /sys/kernel/tracing");
+        status(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))?;
+    }
+    Ok(())
+}
+
+/// Builds loadprobe in the profile the tests use (they run its binary), then runs the tests.
+fn test(args: &[String]) -> Result<ExitCode> {
+    // Only cargo's own options (before `--`) choose the profile.
+    let cargo_args = args.split(|a| a == "--").next().unwrap_or_default();
+    let mut build = Command::new("cargo");
+    build.args(["build", "-p", "loadprobe"]);
+    for (i, arg) in cargo_args.iter().enumerate() {
+        if arg == "--release" || arg == "-r" || arg.starts_with("--profile=") {
+            build.arg(arg);
+        } else if arg == "--profile" {
+            build.args(cargo_args.get(i..i + 2).unwrap_or_default());
+        }
+    }
+    status(&mut build)?;
+    let mut test = Command::new("cargo");
+    test.arg("test");
+    // The whole workspace unless packages are named; the eBPF crate only builds for BPF.
+    if !cargo_args
+        .iter()
+        .any(|a| a.starts_with("-p") || a.starts_with("--package"))
+    {
+        test.args(["--workspace", "--exclude", "loadprobe-ebpf"]);
+    }
+    let code = test
+        .args(args)
+        .status()
+        .context("running cargo test")?
+        .code()
+        .unwrap_or(1);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Builds the release binary and replaces this process with it.
+fn run(root: &Path, args: &[String]) -> Result<ExitCode> {
+    status(Command::new("cargo").args(["build", "--release", "-p", "loadprobe"]))?;
+    // Like cargo: a relative CARGO_TARGET_DIR is taken from the current directory.
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => std::env::current_dir()?.join(dir),
+        None => root.join("target"),
+    };
+    let bin = target.join("release/loadprobe");
+    let err = Command::new(&bin).args(args).exec();
+    bail!("cannot run {}: {err}", bin.display())
+}
+
+/// Runs every check (all of them, even after a failure) and fails if any failed.
+fn lint() -> Result<ExitCode> {
+    let checks: [&[&str]; 3] = [
+        &["fmt", "--all", "--check"],
+        &[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "loadprobe-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        // The eBPF crate only builds for the BPF target, with nightly and build-std.
+        &[
+            "+nightly",
+            "clippy",
+            "-p",
+            "loadprobe-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ];
+    let mut failed = Vec::new();
+    for args in checks {
+        if let Err(e) = status(Command::new("cargo").args(args)) {
+            eprintln!("lint: {e:#}");
+            failed.push(format!("cargo {}", args.join(" ")));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("lint failed: {}", failed.join("; "));
+    }
+    println!("lint: ok");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a command with inherited stdio; an error unless it exits 0.
+fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout; an error unless it exits 0.
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -241,7 +241,7 @@ fn check_privileges() -> Result<(), ProbeError> {
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         Ok(())
     } else {
-        Err(ProbeError::Privileges("run as root".into()))
+        Err(ProbeError::Privileges("this process has neither".into()))
     }
 }
 

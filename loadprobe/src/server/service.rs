@@ -1,0 +1,92 @@
+//! One connection's HTTP/1.1 handling: every request gets the configured body, after the
+//! configured latency, and `Connection: close` once the per-connection request budget is spent.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{ServerConfig, ServerStats};
+
+/// State shared by all connections; built once so that requests only clone a refcounted body.
+pub(super) struct Shared {
+    body: Bytes,
+    latency: Duration,
+    close_after: Option<u32>,
+    builder: http1::Builder,
+    pub(super) stats: Arc<ServerStats>,
+}
+
+impl Shared {
+    pub(super) fn new(config: &ServerConfig) -> Shared {
+        let mut builder = http1::Builder::new();
+        // A client FIN ends the connection (what `client-close` relies on): no half-close.
+        builder.half_close(false).keep_alive(true);
+        Shared {
+            body: Bytes::from(vec![b'x'; config.body_bytes]),
+            latency: config.latency,
+            close_after: config.close_after.filter(|n| *n > 0),
+            builder,
+            stats: Arc::new(ServerStats::default()),
+        }
+    }
+}
+
+pub(super) async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    // Responses are written in one go; Nagle would only delay them.
+    let _ = stream.set_nodelay(true);
+    let served = AtomicU32::new(0);
+    let svc = service_fn(|req| respond(req, &shared, &served));
+    // Errors here are the client's doing (reset, early close) and end only this connection.
+    let _ = shared
+        .builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    shared: &Shared,
+    served: &AtomicU32,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let status = requested_status(req.uri().path());
+    // Read the request body to its end so the connection stays usable for the next request.
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            break;
+        }
+    }
+    if !shared.latency.is_zero() {
+        tokio::time::sleep(shared.latency).await;
+    }
+    shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut resp = Response::new(Full::new(shared.body.clone()));
+    *resp.status_mut() = status;
+    if shared.close_after.is_some_and(|max| n >= max) {
+        // hyper sees this header and closes after the response: the server's FIN goes first.
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
+}
+
+/// `/status/503` answers 503 (and so on), so that error accounting can be exercised against
+/// the embedded server; every other path answers 200.
+fn requested_status(path: &str) -> StatusCode {
+    path.strip_prefix("/status/")
+        .and_then(|code| code.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::OK)
+}
