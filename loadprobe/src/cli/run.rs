@@ -15,8 +15,10 @@ use clap::Args;
 use loadprobe::driver::timewait::TwSampler;
 use loadprobe::driver::{
     DriverConfig, HttpClient, Live, Mode, Stop, Target, Workload, drive, limits, parse_header,
-    parse_source_ips,
+    parse_source_ips, preflight,
 };
+use loadprobe::probe::session::Session;
+use loadprobe::probe::{Netns, ProbeOptions};
 use loadprobe::report::{
     PortBudget, PortBudgetInputs, ProbeReport, RecordInputs, RunConfig, RunRecord, render_text,
     write_atomic,
@@ -30,6 +32,10 @@ pub struct RunArgs {
     /// keep-alive (connections reused), reset (SO_LINGER 0: RST, no TIME_WAIT).
     #[arg(long, default_value = "client-close", value_parser = parse_mode)]
     mode: Mode,
+    /// Do not attach the eBPF probe: closers are then unknown and TIME_WAIT is sampled from
+    /// sock_diag once a second.
+    #[arg(long)]
+    no_probe: bool,
     /// http://HOST[:PORT][/PATH] (IPv4, [IPv6] or a name). Default: an embedded server on
     /// 127.0.0.1 with an ephemeral port.
     #[arg(long, value_name = "URL")]
@@ -138,7 +144,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let record = runtime.block_on(run(config, embedded))?;
+    let record = runtime.block_on(run(config, embedded, !args.no_probe))?;
     print!("{}", render_text(&record));
     if let Some(path) = &args.output {
         write_atomic(path, &record)?;
@@ -234,7 +240,11 @@ fn plan(args: &RunArgs, fd_limit: u64) -> anyhow::Result<(DriverConfig, bool)> {
     Ok((config, embedded))
 }
 
-async fn run(mut config: DriverConfig, embedded: bool) -> anyhow::Result<RunRecord> {
+async fn run(
+    mut config: DriverConfig,
+    embedded: bool,
+    with_probe: bool,
+) -> anyhow::Result<RunRecord> {
     let server = if embedded {
         let server = Server::bind(&ServerConfig::default())?.spawn();
         config.target = Target::from_addr(server.local_addr());
@@ -243,6 +253,21 @@ async fn run(mut config: DriverConfig, embedded: bool) -> anyhow::Result<RunReco
     } else {
         None
     };
+    preflight(&config).await?;
+    // The probe watches this run's connections: those to or from the target's port.
+    let probe = if with_probe {
+        Session::start(&ProbeOptions {
+            netns: Netns::Current,
+            ports: vec![config.target.addr.port()],
+            timewait: true,
+        })
+        .map_err(|e| e.to_string())
+    } else {
+        Err("turned off with --no-probe".to_string())
+    };
+    if let Err(reason) = &probe {
+        eprintln!("loadprobe: probe off ({reason}); TIME_WAIT counts come from sock_diag");
+    }
     let stop = Stop::default();
     watch_signals(stop.clone())?;
     let live = Arc::new(Live::default());
@@ -258,6 +283,10 @@ async fn run(mut config: DriverConfig, embedded: bool) -> anyhow::Result<RunReco
         let _ = p.await;
     }
     let sampled = sampler.map(TwSampler::finish);
+    let probe = match probe.and_then(|s| s.finish().map_err(|e| e.to_string())) {
+        Ok(seen) => ProbeReport::from_probe(&seen, config.mode),
+        Err(reason) => ProbeReport::off(reason),
+    };
     if let Some(server) = server {
         let _ = server.stop().await;
     }
@@ -289,7 +318,7 @@ async fn run(mut config: DriverConfig, embedded: bool) -> anyhow::Result<RunReco
         config: RunConfig::new(&config, embedded),
         driver: &result,
         sampled: sampled.as_ref(),
-        probe: ProbeReport::off("not wired into `run` yet; TIME_WAIT figures are sampled"),
+        probe,
         kernel,
         port_budget,
     })?;

@@ -262,8 +262,15 @@ pub async fn drive(
     stop: Stop,
 ) -> Result<DriverResult, DriverError> {
     validate(&config)?;
-    task::preflight(&config).await?;
     schedule::run(config, live, stop).await
+}
+
+/// Checks the configuration and makes one connection to the target, so that a wrong or dead
+/// target is one clear error before anything starts. Separate from [`drive`] so that the probe
+/// can be attached after it and count only the run's own connections.
+pub async fn preflight(config: &DriverConfig) -> Result<(), DriverError> {
+    validate(config)?;
+    task::preflight(config).await
 }
 
 fn validate(c: &DriverConfig) -> Result<(), DriverError> {

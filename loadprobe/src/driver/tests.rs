@@ -284,9 +284,7 @@ fn bad_config_and_unreachable_target_are_errors() {
                 think_time: Duration::ZERO,
             },
         );
-        let err = drive(config.clone(), Arc::default(), Stop::default())
-            .await
-            .unwrap_err();
+        let err = preflight(&config).await.unwrap_err();
         assert!(
             matches!(
                 err,

@@ -29,14 +29,8 @@ pub struct TwCount {
     pub open: u64,
 }
 
-/// One sample of the per-side counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TwPoint {
-    /// Milliseconds since sampling started.
-    pub t_ms: u64,
-    pub client: u64,
-    pub server: u64,
-}
+/// One sample of the per-side counts (the same shape the probe's timeline uses).
+pub use crate::probe::session::TimeWaitPoint as TwPoint;
 
 /// What sampling saw over the run.
 #[derive(Debug, Clone, Default)]

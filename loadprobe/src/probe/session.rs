@@ -20,10 +20,11 @@ pub struct Live {
     pub connections: AtomicU64,
 }
 
-/// One second of the run: TIME_WAIT sockets alive per side at its end.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// TIME_WAIT sockets alive per side at one moment of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimeWaitPoint {
-    pub second: u64,
+    /// Milliseconds since the run started.
+    pub t_ms: u64,
     pub client: u64,
     pub server: u64,
 }
@@ -93,7 +94,7 @@ fn read(mut probe: Probe, stop: &AtomicBool, live: &Live) -> Result<SessionRepor
             .store(totals.closer.values().sum(), Ordering::Relaxed);
         if started.elapsed() >= next_second {
             timeline.push(TimeWaitPoint {
-                second: next_second.as_secs(),
+                t_ms: started.elapsed().as_millis() as u64,
                 client: current(Side::Client),
                 server: current(Side::Server),
             });

@@ -15,9 +15,12 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
+use crate::driver::Mode;
 use crate::driver::timewait::TwObserved;
 use crate::driver::{DriverConfig, DriverResult, Workload};
 use crate::kernel::Snapshot;
+use crate::probe::session::SessionReport;
+use crate::probe::summary::SideSummary;
 
 pub use budget::{PortBudget, PortBudgetInputs};
 pub use histograms::{HISTOGRAM_ENCODING, decode_histogram, encode_histogram};
@@ -257,14 +260,7 @@ pub struct TimeWaitSide {
     pub duration_ms: DurationPercentiles,
 }
 
-/// Per-side TIME_WAIT counts at one moment.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TimeWaitPoint {
-    /// Milliseconds since the run started.
-    pub t_ms: u64,
-    pub client: u64,
-    pub server: u64,
-}
+pub use crate::probe::session::TimeWaitPoint;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TimeWait {
@@ -319,6 +315,56 @@ impl ProbeReport {
             ..ProbeReport::default()
         }
     }
+
+    /// What the probe saw over a run of `mode`. Mismatches are connections that closed another
+    /// way than the mode asks for (`unknown` ones, still open at the end, are not counted).
+    pub fn from_probe(seen: &SessionReport, mode: Mode) -> ProbeReport {
+        let s = &seen.summary;
+        let count = |name: &str| s.closer.get(name).copied().unwrap_or(0);
+        let closer = CloserCounts {
+            client: count("client"),
+            server: count("server"),
+            simultaneous: count("simultaneous"),
+            client_reset: count("client-reset"),
+            server_reset: count("server-reset"),
+            refused: count("refused"),
+            unknown: count("unknown"),
+        };
+        let expected = match mode {
+            Mode::ClientClose | Mode::KeepAlive => closer.client,
+            Mode::ServerClose => closer.server,
+            Mode::Reset => closer.client_reset,
+        };
+        let side = |t: &SideSummary| TimeWaitSide {
+            entered: Some(t.entered),
+            peak: Some(t.peak),
+            expired: Some(t.expired),
+            reused: Some(t.reused),
+            killed: Some(t.killed),
+            overflow: Some(t.overflow),
+            open: Some(t.open),
+            duration_ms: DurationPercentiles {
+                p50: Some(t.duration_ms.p50),
+                p99: Some(t.duration_ms.p99),
+                max: Some(t.duration_ms.max),
+            },
+        };
+        let tw = s.time_wait.available;
+        ProbeReport {
+            attached: true,
+            reason: s
+                .time_wait
+                .unavailable_reason
+                .as_ref()
+                .map(|r| format!("TIME_WAIT tracking unavailable: {r}")),
+            lost_events: Some(s.lost_events),
+            mismatches: Some(s.connections - closer.unknown - expected),
+            closer: Some(closer),
+            time_wait_client: tw.then(|| side(&s.time_wait.client)),
+            time_wait_server: tw.then(|| side(&s.time_wait.server)),
+            time_wait_timeline: tw.then(|| seen.time_wait_timeline.clone()),
+        }
+    }
 }
 
 /// The parts a record is built from.
@@ -354,15 +400,7 @@ impl RunRecord {
                 source: s.source.to_string(),
                 client: sampled_side(&s.client),
                 server: sampled_side(&s.server),
-                timeline: s
-                    .timeline
-                    .iter()
-                    .map(|p| TimeWaitPoint {
-                        t_ms: p.t_ms,
-                        client: p.client,
-                        server: p.server,
-                    })
-                    .collect(),
+                timeline: s.timeline.clone(),
             },
             _ => TimeWait {
                 source: "none".into(),
