@@ -641,9 +641,10 @@ impl Tracker {
         let (local, remote) = endpoints(e);
         let substate = Substate::from_kernel(e.old_state);
         if let Some((cancel, tuple)) = self.foreign_cancels.remove(&e.addr) {
-            if e.ts_ns.saturating_sub(cancel) < RESCHEDULE_NS {
+            if tuple == (local, remote) && e.ts_ns.saturating_sub(cancel) < RESCHEDULE_NS {
                 return; // a reschedule of a timewait socket older than the probe
             }
+            // It was killed, and the kernel reused its memory at once for this new one.
             self.baseline.remove(&tuple);
         }
         // Created just before the baseline was read: the probe knows it now.

@@ -425,3 +425,46 @@ fn nearest_rank_percentiles() {
     assert_eq!(percentile(&v, 100.0), 100);
     assert_eq!(percentile(&[], 50.0), 0);
 }
+
+#[test]
+fn a_new_timewait_socket_in_the_memory_of_a_killed_older_one_is_counted() {
+    // A timewait socket from before the probe is killed (its port reused by a client) and the
+    // kernel hands its memory straight to the server's new timewait socket of another tuple.
+    let mut r = Replay::new();
+    r.open()
+        .s(ESTABLISHED, FIN_WAIT1)
+        .c(ESTABLISHED, CLOSE_WAIT)
+        .s(FIN_WAIT1, FIN_WAIT2);
+    let foreign = Event {
+        ts_ns: r.now + 10,
+        kind: kind::TW_CANCEL,
+        addr: TW_S,
+        old_state: TIME_WAIT,
+        sport: 50000,
+        dport: SPORT,
+        saddr: addr(0),
+        daddr: addr(0),
+        family: AF_INET,
+        netns: 1,
+        ..Event::default()
+    };
+    r.t.event(&foreign);
+    r.t.event(&Event {
+        ts_ns: r.now + 20,
+        kind: kind::TW_START,
+        addr: TW_S,
+        old_state: FIN_WAIT2,
+        sport: SPORT,
+        dport: CPORT,
+        saddr: addr(0),
+        daddr: addr(0),
+        family: AF_INET,
+        netns: 1,
+        ..Event::default()
+    });
+    r.s(FIN_WAIT2, CLOSE).c(CLOSE_WAIT, LAST_ACK).c(LAST_ACK, CLOSE);
+    let rec = only(r.finish());
+    assert_eq!(rec.closer, Closer::Server);
+    assert_eq!(rec.time_wait.len(), 1, "{:?}", rec.time_wait);
+    assert_eq!(rec.time_wait[0].end, TwEnd::Open, "not an overflow");
+}

@@ -1,0 +1,268 @@
+//! `loadprobe run` end to end, with the probe attached: each mode against the embedded server
+//! and against Debian's nginx, and port exhaustion on purpose over a veth pair. Each test makes
+//! its own network namespace(s); the probe's counts are checked against what the mode asks for.
+//!
+//! Needs root (or fails under `LOADPROBE_REQUIRE_BPF=1`) and nginx (`cargo xtask setup`).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use loadprobe::tune::netns::{Host, Topology};
+use loadprobe_tests::{Netns, loadprobe_bin, require_root};
+use serde_json::Value;
+
+/// Runs `loadprobe run ARGS -o record.json` inside `netns`; returns the record and the output.
+fn run(netns: &str, args: &[&str]) -> (Value, Output) {
+    let dir = tempdir(netns);
+    let record = dir.join("record.json");
+    let output = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(loadprobe_bin())
+        .arg("run")
+        .args(args)
+        .arg("-o")
+        .arg(&record)
+        .output()
+        .expect("ip netns exec loadprobe run");
+    let text = std::fs::read_to_string(&record).unwrap_or_else(|e| {
+        panic!(
+            "no record ({e}); stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    (serde_json::from_str(&text).expect("record is JSON"), output)
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("loadprobe-test-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn num(record: &Value, path: &str) -> u64 {
+    path.split('.')
+        .fold(record, |v, key| &v[key])
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path} is not a number in the record"))
+}
+
+/// What a mode must show: the closer of (nearly) every connection and where TIME_WAIT lands.
+fn check_mode(record: &Value, mode: &str) {
+    let errors: u64 = record["requests"]["errors"]
+        .as_object()
+        .expect("requests.errors")
+        .values()
+        .map(|v| v.as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        num(record, "requests.ok") + errors,
+        num(record, "requests.total"),
+        "ok + errors = total"
+    );
+    assert!(num(record, "requests.ok") > 0, "the run did some work");
+    assert_eq!(
+        record["probe"]["attached"],
+        Value::Bool(true),
+        "{}",
+        record["probe"]
+    );
+    assert_eq!(num(record, "probe.lost_events"), 0);
+
+    let (closer, tw_side) = match mode {
+        "client-close" | "keep-alive" => ("client", Some("client")),
+        "server-close" => ("server", Some("server")),
+        "reset" => ("client-reset", None),
+        other => panic!("unknown mode {other}"),
+    };
+    let closers = record["connections"]["closer"]
+        .as_object()
+        .expect("closers");
+    let closed: u64 = closers
+        .iter()
+        .filter(|(k, _)| *k != "unknown")
+        .map(|(_, v)| v.as_u64().unwrap_or(0))
+        .sum();
+    let wanted = num(record, &format!("connections.closer.{closer}"));
+    assert!(
+        closed > 0 && wanted * 100 >= closed * 99,
+        "{mode}: {wanted} of {closed} closed by {closer}: {closers:?}"
+    );
+    for side in ["client", "server"] {
+        let entered = num(record, &format!("time_wait.{side}.entered"));
+        if tw_side == Some(side) {
+            // Every closing end made a timewait socket (none overflowed here).
+            assert!(
+                entered * 100 >= wanted * 99,
+                "{mode}: {entered} TIME_WAIT on the {side} for {wanted} connections"
+            );
+        } else {
+            assert!(
+                entered * 100 <= closed,
+                "{mode}: {entered} TIME_WAIT on the {side}, expected none"
+            );
+        }
+    }
+    assert_eq!(record["time_wait"]["source"], "probe");
+}
+
+const MODES: [&str; 4] = ["client-close", "server-close", "keep-alive", "reset"];
+
+#[test]
+fn every_mode_against_the_embedded_server() {
+    if !require_root("run against the embedded server") {
+        return;
+    }
+    let netns = Netns::for_test("run-embedded");
+    for mode in MODES {
+        let (record, _) = run(
+            netns.name(),
+            &["--mode", mode, "--users", "16", "--duration", "2s"],
+        );
+        check_mode(&record, mode);
+    }
+}
+
+/// Debian's nginx, one worker, on 127.0.0.1:`port` in `netns`, with a config of its own.
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(netns: &str, port: u16) -> Nginx {
+        let dir = tempdir(&format!("nginx-{port}"));
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
+                   client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                   fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
+                   scgi_temp_path {d}/scgi;\n\
+                   server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+                d = dir.display()
+            ),
+        )
+        .expect("nginx.conf");
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns, "nginx", "-e"])
+            .arg(dir.join("error.log"))
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nginx (cargo xtask setup installs it)");
+        let nginx = Nginx { child, dir };
+        wait_for_port(netns, &format!("127.0.0.1:{port}"));
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn every_mode_against_nginx() {
+    if !require_root("run against nginx") {
+        return;
+    }
+    let netns = Netns::for_test("run-nginx");
+    let _nginx = Nginx::start(netns.name(), 8080);
+    for mode in MODES {
+        let (record, _) = run(
+            netns.name(),
+            &[
+                "--target",
+                "http://127.0.0.1:8080/",
+                "--mode",
+                mode,
+                "--users",
+                "16",
+                "--duration",
+                "2s",
+            ],
+        );
+        check_mode(&record, mode);
+    }
+}
+
+/// A client namespace with 100 ephemeral ports and no TIME_WAIT reuse, talking over veth to a
+/// server namespace: the fourth hundred connections cannot get a port.
+#[test]
+fn port_exhaustion_is_counted_and_explained() {
+    if !require_root("port exhaustion over veth") {
+        return;
+    }
+    let topo = Topology::create(&format!("lp-exh-{}", std::process::id())).expect("topology");
+    topo.set_sysctl(Host::Client, "net.ipv4.ip_local_port_range", "40000 40099")
+        .expect("port range");
+    topo.set_sysctl(Host::Client, "net.ipv4.tcp_tw_reuse", "0")
+        .expect("tcp_tw_reuse");
+    let server_addr = format!("{}:8080", topo.server_addr());
+    let mut serve = topo
+        .command(Host::Server, loadprobe_bin())
+        .args(["serve", "--listen", &server_addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("loadprobe serve");
+    wait_for_port(&topo.name(Host::Server), &server_addr);
+
+    let (record, output) = run(
+        &topo.name(Host::Client),
+        &[
+            "--target",
+            &format!("http://{server_addr}/"),
+            "--mode",
+            "client-close",
+            "--users",
+            "4",
+            "--requests",
+            "300",
+        ],
+    );
+    serve.kill().ok();
+    serve.wait().ok();
+
+    let exhausted = num(&record, "requests.errors.EADDRNOTAVAIL");
+    assert!(exhausted > 0, "{}", record["requests"]);
+    // The 100 ports allow about 100 connections in a minute (one may still be connecting).
+    let ok = num(&record, "requests.ok");
+    assert!((95..=101).contains(&ok), "ok {ok}");
+    assert_eq!(ok + exhausted, num(&record, "requests.total"));
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        report.contains("EADDRNOTAVAIL") && report.contains("port"),
+        "the report names the cause:\n{report}"
+    );
+    assert!(output.status.code().is_some(), "no crash");
+}
+
+fn wait_for_port(netns: &str, addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let ss = Command::new("ip")
+            .args(["netns", "exec", netns, "ss", "-Htln"])
+            .output()
+            .expect("ss");
+        if String::from_utf8_lossy(&ss.stdout).contains(addr) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on {addr} in {netns}");
+}
