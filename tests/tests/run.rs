@@ -4,12 +4,10 @@
 //!
 //! Needs root (or fails under `LOADPROBE_REQUIRE_BPF=1`) and nginx (`cargo xtask setup`).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 use loadprobe::tune::netns::{Host, Topology};
-use loadprobe_tests::{Netns, loadprobe_bin, require_root};
+use loadprobe_tests::{Netns, Nginx, loadprobe_bin, require_root, tempdir, wait_for_port};
 use serde_json::Value;
 
 /// Runs `loadprobe run ARGS -o record.json` inside `netns`; returns the record and the output.
@@ -34,12 +32,6 @@ fn run(netns: &str, args: &[&str]) -> (Value, Output) {
     });
     let _ = std::fs::remove_dir_all(&dir);
     (serde_json::from_str(&text).expect("record is JSON"), output)
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("loadprobe-test-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 fn num(record: &Value, path: &str) -> u64 {
@@ -125,56 +117,6 @@ fn every_mode_against_the_embedded_server() {
     }
 }
 
-/// Debian's nginx, one worker, on 127.0.0.1:`port` in `netns`, with a config of its own.
-struct Nginx {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn start(netns: &str, port: u16) -> Nginx {
-        let dir = tempdir(&format!("nginx-{port}"));
-        let conf = dir.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-                 events {{ worker_connections 4096; }}\n\
-                 http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
-                   client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-                   fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
-                   scgi_temp_path {d}/scgi;\n\
-                   server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
-                d = dir.display()
-            ),
-        )
-        .expect("nginx.conf");
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns, "nginx", "-e"])
-            .arg(dir.join("error.log"))
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("nginx (cargo xtask setup installs it)");
-        let nginx = Nginx { child, dir };
-        wait_for_port(netns, &format!("127.0.0.1:{port}"));
-        nginx
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn every_mode_against_nginx() {
     if !require_root("run against nginx") {
@@ -250,19 +192,4 @@ fn port_exhaustion_is_counted_and_explained() {
         "the report names the cause:\n{report}"
     );
     assert!(output.status.code().is_some(), "no crash");
-}
-
-fn wait_for_port(netns: &str, addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let ss = Command::new("ip")
-            .args(["netns", "exec", netns, "ss", "-Htln"])
-            .output()
-            .expect("ss");
-        if String::from_utf8_lossy(&ss.stdout).contains(addr) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing listens on {addr} in {netns}");
 }

@@ -6,8 +6,9 @@
 //! cargo profile (`cargo xtask test` builds it first).
 
 use loadprobe_tests::{
-    Conn, Netns, Side, Tracer, V4, V6, burst_client_close, client_first_close, connect_refused,
-    linger0_abort, require_root, server_first_close, simultaneous_close, unread_data_close,
+    Conn, Netns, Nginx, Side, Tracer, V4, V6, burst_client_close, client_first_close,
+    connect_refused, linger0_abort, require_root, server_first_close, simultaneous_close,
+    unread_data_close,
 };
 
 /// Traces the namespace `lp-<test>-<pid>` (filtered to `ports`, or to the namespace only when
@@ -92,4 +93,59 @@ fn ipv6_loopback_closes() {
 fn burst_of_1000_client_closes() {
     // No port filter: the namespace filter alone keeps the trace to this test's connections.
     check("burst", &[], |ns| burst_client_close(ns, V4, 8011, 1000));
+}
+
+/// Third-party peers: Debian's nginx and curl. curl closes a kept-alive connection when it
+/// exits (client first); with `Connection: close` nginx closes first.
+#[test]
+fn third_party_client_and_server() {
+    if !require_root("third-party client and server") {
+        return;
+    }
+    let netns = Netns::for_test("third-party");
+    let _nginx = Nginx::start(netns.name(), 8012);
+    let tracer = Tracer::start(&netns, &[8012]);
+    let curl = |extra: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns.name(),
+                "curl",
+                "-sf",
+                "-o",
+                "/dev/null",
+            ])
+            .args(extra)
+            .arg("http://127.0.0.1:8012/")
+            .status()
+            .expect("curl");
+        assert!(out.success(), "curl failed");
+    };
+    for _ in 0..3 {
+        curl(&[]);
+        curl(&["-H", "Connection: close"]);
+    }
+    netns.wait_quiet();
+    let trace = tracer.stop();
+    let closers: Vec<&str> = trace
+        .records
+        .iter()
+        .map(|r| r["closer"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(closers.len(), 6, "{:#?}", trace.records);
+    assert_eq!(
+        closers.iter().filter(|c| **c == "client").count(),
+        3,
+        "{closers:?}"
+    );
+    assert_eq!(
+        closers.iter().filter(|c| **c == "server").count(),
+        3,
+        "{closers:?}"
+    );
+    for r in &trace.records {
+        assert_eq!(r["server"], "127.0.0.1:8012");
+    }
+    assert_eq!(trace.lost_events(), 0);
 }
