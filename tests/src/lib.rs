@@ -285,9 +285,14 @@ impl Tracer {
     /// the tool says on stderr that it is tracing (a line with the word `tracing`, such as
     /// `loadprobe: tracing ...`). Panics with its stderr if it exits first.
     pub fn start(netns: &Netns, ports: &[u16]) -> Tracer {
+        Tracer::start_in(netns.name(), ports)
+    }
+
+    /// [`Tracer::start`] in a namespace named `netns` that this harness did not make.
+    pub fn start_in(netns: &str, ports: &[u16]) -> Tracer {
         let bin = loadprobe_bin();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", netns.name()])
+        cmd.args(["netns", "exec", netns])
             .arg(&bin)
             .args(["trace", "--format", "jsonl"]);
         for port in ports {

@@ -510,6 +510,12 @@ impl Tracker {
                     if into_tw && self.timewait_tracked && !end.has_tw && !end.reset {
                         self.overflow(&end);
                     }
+                    if old == st::LAST_ACK {
+                        // Its FIN was acknowledged, by the peer's timewait socket if it has
+                        // one: that socket is in TIME_WAIT now, even if its timer's re-arm was
+                        // silent (same wheel bucket: no tracepoint).
+                        self.peer_fin_arrived(end.remote, end.local);
+                    }
                     self.close_end(e.addr, end, false);
                 }
             }
@@ -775,6 +781,14 @@ impl Tracker {
         }
         if let Some((older, older_at)) = self.dying.insert((tw.local, tw.remote), (tw, at)) {
             self.tw_end(older, TwEnd::Killed, older_at, true);
+        }
+    }
+
+    fn peer_fin_arrived(&mut self, local: SocketAddr, remote: SocketAddr) {
+        if let Some(addr) = self.tw_by_tuple.get(&(local, remote))
+            && let Some(tw) = self.tws.get_mut(addr)
+        {
+            tw.substate = Substate::TimeWait;
         }
     }
 

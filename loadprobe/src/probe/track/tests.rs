@@ -178,6 +178,9 @@ fn server_first_close_leaves_time_wait_on_the_server() {
     assert_eq!(rec.closer, Closer::Server);
     assert_eq!(rec.time_wait[0].side, Side::Server);
     assert_eq!(rec.time_wait[0].end, TwEnd::Open);
+    // The client's LAST_ACK->CLOSE means the server's timewait socket got the FIN.
+    assert_eq!(rec.time_wait[0].substate_start, Substate::FinWait2);
+    assert_eq!(rec.time_wait[0].substate, Substate::TimeWait);
 }
 
 #[test]
