@@ -9,11 +9,23 @@ const TW_C: u64 = 0x7c00;
 const TW_S: u64 = 0x7500;
 const MS: u64 = 1_000_000;
 
-fn addr(port: u16) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[..4].copy_from_slice(&[127, 0, 0, 1]);
-    let _ = port;
-    a
+const LOOPBACK: [u8; 16] = [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+/// A timewait timer event for `addr` (local `sport`, remote `dport`) at exactly `ts_ns`, for
+/// the orderings that matter within a microsecond.
+fn tw_event(ts_ns: u64, kind: u8, addr: u64, substate: u8, sport: u16, dport: u16) -> Event {
+    Event {
+        ts_ns,
+        kind,
+        addr,
+        old_state: substate,
+        sport,
+        dport,
+        saddr: LOOPBACK,
+        daddr: LOOPBACK,
+        family: AF_INET,
+        netns: 1,
+        ..Event::default()
+    }
 }
 
 /// Replays events at 1 ms steps and collects what the tracker produced.
@@ -62,8 +74,8 @@ impl Replay {
             new_state: new,
             sport,
             dport,
-            saddr: addr(sport),
-            daddr: addr(dport),
+            saddr: LOOPBACK,
+            daddr: LOOPBACK,
             ..Event::default()
         })
     }
@@ -89,8 +101,8 @@ impl Replay {
             old_state: substate,
             sport,
             dport,
-            saddr: addr(sport),
-            daddr: addr(dport),
+            saddr: LOOPBACK,
+            daddr: LOOPBACK,
             ..Event::default()
         })
     }
@@ -298,32 +310,22 @@ fn visible_reschedule_keeps_the_socket_and_a_lone_cancel_is_a_kill() {
         .s(CLOSE_WAIT, LAST_ACK)
         .s(LAST_ACK, CLOSE);
     // cancel + start within the same microsecond: a reschedule (the peer's FIN arrived).
-    r.t.event(&Event {
-        ts_ns: r.now + 10,
-        kind: kind::TW_CANCEL,
-        addr: TW_C,
-        old_state: TIME_WAIT,
-        sport: CPORT,
-        dport: SPORT,
-        saddr: addr(0),
-        daddr: addr(0),
-        family: AF_INET,
-        netns: 1,
-        ..Event::default()
-    });
-    r.t.event(&Event {
-        ts_ns: r.now + 20,
-        kind: kind::TW_START,
-        addr: TW_C,
-        old_state: TIME_WAIT,
-        sport: CPORT,
-        dport: SPORT,
-        saddr: addr(0),
-        daddr: addr(0),
-        family: AF_INET,
-        netns: 1,
-        ..Event::default()
-    });
+    r.t.event(&tw_event(
+        r.now + 10,
+        kind::TW_CANCEL,
+        TW_C,
+        TIME_WAIT,
+        CPORT,
+        SPORT,
+    ));
+    r.t.event(&tw_event(
+        r.now + 20,
+        kind::TW_START,
+        TW_C,
+        TIME_WAIT,
+        CPORT,
+        SPORT,
+    ));
     r.wait(100 * MS);
     assert!(r.records().is_empty(), "a reschedule is not an end");
     // Then an RST assassinates it: a cancel with nothing after it.
@@ -354,8 +356,8 @@ fn a_new_connection_on_the_same_tuple_reuses_the_timewait_socket() {
         old_state: CLOSE,
         new_state: SYN_SENT,
         dport: SPORT,
-        saddr: addr(0),
-        daddr: addr(0),
+        saddr: LOOPBACK,
+        daddr: LOOPBACK,
         ..Event::default()
     })
     .other(kind::TW_CANCEL, true, TIME_WAIT)
@@ -366,8 +368,8 @@ fn a_new_connection_on_the_same_tuple_reuses_the_timewait_socket() {
         new_state: ESTABLISHED,
         sport: CPORT,
         dport: SPORT,
-        saddr: addr(0),
-        daddr: addr(0),
+        saddr: LOOPBACK,
+        daddr: LOOPBACK,
         ..Event::default()
     })
     .wait(10 * MS);
@@ -438,34 +440,25 @@ fn a_new_timewait_socket_in_the_memory_of_a_killed_older_one_is_counted() {
         .s(ESTABLISHED, FIN_WAIT1)
         .c(ESTABLISHED, CLOSE_WAIT)
         .s(FIN_WAIT1, FIN_WAIT2);
-    let foreign = Event {
-        ts_ns: r.now + 10,
-        kind: kind::TW_CANCEL,
-        addr: TW_S,
-        old_state: TIME_WAIT,
-        sport: 50000,
-        dport: SPORT,
-        saddr: addr(0),
-        daddr: addr(0),
-        family: AF_INET,
-        netns: 1,
-        ..Event::default()
-    };
-    r.t.event(&foreign);
-    r.t.event(&Event {
-        ts_ns: r.now + 20,
-        kind: kind::TW_START,
-        addr: TW_S,
-        old_state: FIN_WAIT2,
-        sport: SPORT,
-        dport: CPORT,
-        saddr: addr(0),
-        daddr: addr(0),
-        family: AF_INET,
-        netns: 1,
-        ..Event::default()
-    });
-    r.s(FIN_WAIT2, CLOSE).c(CLOSE_WAIT, LAST_ACK).c(LAST_ACK, CLOSE);
+    r.t.event(&tw_event(
+        r.now + 10,
+        kind::TW_CANCEL,
+        TW_S,
+        TIME_WAIT,
+        50000,
+        SPORT,
+    ));
+    r.t.event(&tw_event(
+        r.now + 20,
+        kind::TW_START,
+        TW_S,
+        FIN_WAIT2,
+        SPORT,
+        CPORT,
+    ));
+    r.s(FIN_WAIT2, CLOSE)
+        .c(CLOSE_WAIT, LAST_ACK)
+        .c(LAST_ACK, CLOSE);
     let rec = only(r.finish());
     assert_eq!(rec.closer, Closer::Server);
     assert_eq!(rec.time_wait.len(), 1, "{:?}", rec.time_wait);
