@@ -118,7 +118,7 @@ fn wanted(cfg: &Config, netns: u32, sport: u16, dport: u16) -> bool {
     if cfg.filter_ports == 0 {
         return true;
     }
-    unsafe { PORTS.get(&sport).is_some() || PORTS.get(&dport).is_some() }
+    unsafe { PORTS.get(sport).is_some() || PORTS.get(dport).is_some() }
 }
 
 #[inline(always)]
