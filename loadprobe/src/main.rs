@@ -22,6 +22,10 @@ enum Command {
     Run(Box<cli::run::RunArgs>),
     /// Run the embedded HTTP/1.1 target server standalone.
     Serve(cli::serve::ServeArgs),
+    /// Compare run records: every metric's change from the first, noise, and CI gates.
+    Compare(cli::compare::CompareArgs),
+    /// Merge records of one workload (several hosts, or one after another) into one record.
+    Merge(cli::merge::MergeArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +35,8 @@ fn main() -> ExitCode {
         Command::Tune(args) => cli::tune::main(args),
         Command::Run(args) => cli::run::main(*args),
         Command::Serve(args) => cli::serve::main(args),
+        Command::Compare(args) => cli::compare::main(args),
+        Command::Merge(args) => cli::merge::main(args),
     };
     // One line, no backtrace: the error chain says what went wrong and what is missing.
     result.unwrap_or_else(|e| {

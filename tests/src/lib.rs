@@ -801,6 +801,79 @@ pub fn burst_client_close(netns: &Netns, ip: IpAddr, port: u16, n: usize) -> Vec
     conns
 }
 
+/// A fresh temporary folder for one test's files.
+pub fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("loadprobe-test-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Debian's nginx, one worker, on 127.0.0.1:`port` in `netns`, with a config of its own.
+pub struct Nginx {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(netns: &str, port: u16) -> Nginx {
+        let dir = tempdir(&format!("nginx-{port}"));
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
+                   client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                   fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
+                   scgi_temp_path {d}/scgi;\n\
+                   server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+                d = dir.display()
+            ),
+        )
+        .expect("nginx.conf");
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns, "nginx", "-e"])
+            .arg(dir.join("error.log"))
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nginx (cargo xtask setup installs it)");
+        let nginx = Nginx { child, dir };
+        wait_for_port(netns, &format!("127.0.0.1:{port}"));
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until something listens on `addr` (as `ss` prints it) in `netns`.
+pub fn wait_for_port(netns: &str, addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let ss = Command::new("ip")
+            .args(["netns", "exec", netns, "ss", "-Htln"])
+            .output()
+            .expect("ss");
+        if String::from_utf8_lossy(&ss.stdout).contains(addr) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on {addr} in {netns}");
+}
+
 #[cfg(test)]
 mod tests {
     //! The harness on its own (no loadprobe): namespaces come and go, each scenario completes
@@ -948,77 +1021,4 @@ mod tests {
         // still the client's.
         assert!(tw.len() >= 100, "only {} client TIME-WAITs", tw.len());
     }
-}
-
-/// A fresh temporary folder for one test's files.
-pub fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("loadprobe-test-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-/// Debian's nginx, one worker, on 127.0.0.1:`port` in `netns`, with a config of its own.
-pub struct Nginx {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    pub fn start(netns: &str, port: u16) -> Nginx {
-        let dir = tempdir(&format!("nginx-{port}"));
-        let conf = dir.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-                 events {{ worker_connections 4096; }}\n\
-                 http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
-                   client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-                   fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
-                   scgi_temp_path {d}/scgi;\n\
-                   server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
-                d = dir.display()
-            ),
-        )
-        .expect("nginx.conf");
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns, "nginx", "-e"])
-            .arg(dir.join("error.log"))
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("nginx (cargo xtask setup installs it)");
-        let nginx = Nginx { child, dir };
-        wait_for_port(netns, &format!("127.0.0.1:{port}"));
-        nginx
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Waits until something listens on `addr` (as `ss` prints it) in `netns`.
-pub fn wait_for_port(netns: &str, addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let ss = Command::new("ip")
-            .args(["netns", "exec", netns, "ss", "-Htln"])
-            .output()
-            .expect("ss");
-        if String::from_utf8_lossy(&ss.stdout).contains(addr) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing listens on {addr} in {netns}");
 }

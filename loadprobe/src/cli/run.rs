@@ -12,17 +12,13 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Args;
 
-use loadprobe::driver::timewait::TwSampler;
 use loadprobe::driver::{
-    DriverConfig, HttpClient, Live, Mode, Stop, Target, Workload, drive, limits, parse_header,
-    parse_source_ips, preflight,
+    DriverConfig, HttpClient, Live, Mode, Stop, Target, Workload, limits, parse_header,
+    parse_source_ips,
 };
-use loadprobe::probe::session::Session;
-use loadprobe::probe::{Netns, ProbeOptions};
-use loadprobe::report::{
-    PortBudget, PortBudgetInputs, ProbeReport, RecordInputs, RunConfig, RunRecord, render_text,
-    write_atomic,
-};
+use loadprobe::probe::Netns;
+use loadprobe::report::{RunRecord, merge, render_text, write_atomic};
+use loadprobe::run::{ProbePlan, RunOnce, run_once};
 use loadprobe::server::{Server, ServerConfig};
 
 #[derive(Args, Debug)]
@@ -93,6 +89,12 @@ pub struct RunArgs {
     /// Write the run record (JSON, schema loadprobe.run/1) to this file.
     #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Run the workload N times (a fresh embedded server each time) and write one record: the
+    /// merged whole plus each repetition's figures, which `compare` uses to tell changes from
+    /// noise.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
     /// Runtime worker threads [default: one per CPU].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -144,7 +146,24 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let record = runtime.block_on(run(config, embedded, !args.no_probe))?;
+    let mut records = Vec::new();
+    for i in 1..=args.repeat {
+        let record = runtime.block_on(run(config.clone(), embedded, !args.no_probe))?;
+        let interrupted = record.interrupted;
+        if args.repeat > 1 {
+            eprintln!(
+                "loadprobe: repetition {i}/{}: {} requests, {:.1} req/s",
+                args.repeat, record.requests.total, record.throughput.rps
+            );
+        }
+        records.push(record);
+        if interrupted {
+            break;
+        }
+    }
+    // One record either way: a single run as it is, repetitions merged (counts summed,
+    // histograms merged, each repetition's figures kept).
+    let record = merge(&records)?;
     print!("{}", render_text(&record));
     if let Some(path) = &args.output {
         write_atomic(path, &record)?;
@@ -253,76 +272,35 @@ async fn run(
     } else {
         None
     };
-    preflight(&config).await?;
-    // The probe watches this run's connections: those to or from the target's port.
-    let probe = if with_probe {
-        Session::start(&ProbeOptions {
-            netns: Netns::Current,
-            ports: vec![config.target.addr.port()],
-            timewait: true,
-        })
-        .map_err(|e| e.to_string())
-    } else {
-        Err("turned off with --no-probe".to_string())
-    };
-    if let Err(reason) = &probe {
-        eprintln!("loadprobe: probe off ({reason}); TIME_WAIT counts come from sock_diag");
-    }
     let stop = Stop::default();
     watch_signals(stop.clone())?;
     let live = Arc::new(Live::default());
-    let sampler = TwSampler::start(config.target.addr, live.clone(), Duration::from_secs(1)).ok();
     let progress = std::io::stderr()
         .is_terminal()
         .then(|| tokio::spawn(show_progress(live.clone())));
 
-    let result = drive(config.clone(), live.clone(), stop).await;
+    let record = run_once(RunOnce {
+        config,
+        embedded_server: embedded,
+        probe: if with_probe {
+            ProbePlan::Try(Netns::Current)
+        } else {
+            ProbePlan::Off("turned off with --no-probe".to_string())
+        },
+        live,
+        stop,
+        warn: &|w| eprintln!("loadprobe: {w}"),
+    })
+    .await;
 
     if let Some(p) = progress {
         p.abort();
         let _ = p.await;
     }
-    let sampled = sampler.map(TwSampler::finish);
-    let probe = match probe.and_then(|s| s.finish().map_err(|e| e.to_string())) {
-        Ok(seen) => ProbeReport::from_probe(&seen, config.mode),
-        Err(reason) => ProbeReport::off(reason),
-    };
     if let Some(server) = server {
         let _ = server.stop().await;
     }
-    let result = result?;
-    if let Some(err) = sampled.as_ref().and_then(|s| s.error.as_ref()) {
-        eprintln!("loadprobe: warning: TIME_WAIT sampling failed: {err}");
-    }
-
-    let kernel = loadprobe::kernel::snapshot();
-    let concurrency = match config.workload {
-        Workload::Closed { users, .. } => u64::from(users),
-        Workload::Open { rate, .. } => {
-            // Little's law: rate × mean latency is what is open at once.
-            let mean_s = result.histograms.total_uncorrected.mean() / 1e6;
-            (rate * mean_s).ceil() as u64
-        }
-    };
-    let port_budget = PortBudget::compute(PortBudgetInputs {
-        usable_ports: loadprobe::kernel::usable_ephemeral_ports().ok(),
-        source_ips: config.source_ips.len().max(1) as u32,
-        mode: config.mode,
-        connections_per_s: result.connections_per_second(),
-        concurrency,
-        target: config.target.addr,
-        sysctls: &kernel.sysctls,
-        eaddrnotavail: result.errors.get("EADDRNOTAVAIL").copied().unwrap_or(0),
-    });
-    let record = RunRecord::build(RecordInputs {
-        config: RunConfig::new(&config, embedded),
-        driver: &result,
-        sampled: sampled.as_ref(),
-        probe,
-        kernel,
-        port_budget,
-    })?;
-    Ok(record)
+    Ok(record?)
 }
 
 /// First SIGINT/SIGTERM: stop cleanly (the report and record are still written). A second one
@@ -496,6 +474,8 @@ mod tests {
             "200",
             "--users",
             "4",
+            // The sampled (sock_diag) path; tests/tests/run.rs covers the probe's.
+            "--no-probe",
             "-o",
             path.to_str().unwrap(),
         ];

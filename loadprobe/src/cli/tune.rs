@@ -1,13 +1,21 @@
 //! `loadprobe tune`: check what the kernel's churn-related settings really do and what a workload
-//! will do to them. (`tune validate`, the measured A/B in namespaces, goes beside `check`.)
+//! will do to them (`check`), and measure whether a change helps (`validate`, the A/B in network
+//! namespaces).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-use loadprobe::driver::{Mode, Target};
+use loadprobe::driver::{DriverConfig, Mode, Stop, Target, Workload, limits};
+use loadprobe::tune::validate::{self, Plan, Setting, ValidateError};
+use loadprobe::tune::verdict::Verdict;
 use loadprobe::tune::{check, text};
+
+use super::run::parse_duration;
 
 #[derive(Args, Debug)]
 pub struct TuneArgs {
@@ -20,6 +28,55 @@ enum TuneCommand {
     /// Explain this network namespace's TIME_WAIT and port sysctls, flag folklore and risks,
     /// and with --mode and --rate predict TIME_WAIT and port exhaustion.
     Check(CheckArgs),
+    /// Measure a sysctl change instead of guessing: the same workload against two fresh
+    /// client/server namespace pairs joined by veth, baseline and tuned, with the probe; then
+    /// per-metric deltas and a verdict (improved, no effect, regressed). The host's sysctls are
+    /// untouched unless --apply.
+    Validate(ValidateArgs),
+}
+
+#[derive(Args, Debug)]
+struct ValidateArgs {
+    /// A sysctl for the tuned run, KEY=VALUE (repeatable), written in the namespace where it
+    /// acts: client (tcp_tw_reuse, tcp_tw_reuse_delay, ip_local_port_range,
+    /// ip_local_reserved_ports, tcp_timestamps), server (somaxconn, tcp_max_syn_backlog) or both
+    /// (tcp_max_tw_buckets, tcp_fin_timeout, any other net.* sysctl).
+    #[arg(long = "set", value_name = "KEY=VALUE", required = true)]
+    set: Vec<String>,
+    /// A sysctl for both runs (repeatable), placed like --set: the setup the change is measured
+    /// against. The namespaces start from kernel defaults, not from the host's values.
+    #[arg(long = "base", value_name = "KEY=VALUE")]
+    base: Vec<String>,
+    /// How connections end, as in `loadprobe run --mode`.
+    #[arg(long, value_enum, default_value_t = ModeArg::ClientClose)]
+    mode: ModeArg,
+    /// Open model: start this many requests per second.
+    #[arg(long, value_name = "R", value_parser = parse_rate, conflicts_with = "users")]
+    rate: Option<f64>,
+    /// Closed model: this many concurrent users [default: 64 without --rate].
+    #[arg(long, value_name = "N")]
+    users: Option<u32>,
+    /// How long each run measures, e.g. 5s, 1m.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Baseline/tuned pairs to run, alternating, each in fresh namespaces.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
+    /// Write baseline.json and tuned.json (run records, for `loadprobe compare`) and
+    /// validate.json (verdict, reason, per-metric deltas) here.
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+    /// After an `improved` verdict, write the --set values to this host's network namespace
+    /// and print the old values and a rollback command.
+    #[arg(long)]
+    apply: bool,
+    /// Namespace names: <NAME>-a-c, <NAME>-a-s (baseline), <NAME>-b-c, <NAME>-b-s (tuned).
+    #[arg(long, value_name = "NAME", default_value = validate::DEFAULT_PREFIX)]
+    netns_prefix: String,
+    /// text, or json (validate.json on stdout).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
 }
 
 #[derive(Args, Debug)]
@@ -38,7 +95,7 @@ struct CheckArgs {
     format: Format,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ModeArg {
     /// The client closes first: TIME_WAIT on the client.
     ClientClose,
@@ -79,7 +136,120 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 pub fn main(args: TuneArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         TuneCommand::Check(args) => check_main(args),
+        TuneCommand::Validate(args) => validate_main(args),
     }
+}
+
+/// Default closed-model concurrency, as `loadprobe run`.
+const DEFAULT_USERS: u32 = 64;
+
+fn validate_main(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let parse = |flag: &str, list: &[String]| -> Result<Vec<Setting>, ValidateError> {
+        list.iter().map(|s| Setting::parse(flag, s)).collect()
+    };
+    let plan = Plan {
+        base: parse("--base", &args.base)?,
+        set: parse("--set", &args.set)?,
+        config: workload(&args)?,
+        repeat: args.repeat,
+        prefix: args.netns_prefix.clone(),
+    };
+    let stop = Stop::default();
+    watch_signals(stop.clone())?;
+    let outcome = validate::validate(&plan, &stop, &|line| eprintln!("loadprobe: {line}"));
+    let mut outcome = match outcome {
+        Err(ValidateError::Interrupted) => {
+            eprintln!("loadprobe: {}", ValidateError::Interrupted);
+            return Ok(ExitCode::from(130));
+        }
+        other => other?,
+    };
+    let mut code = ExitCode::SUCCESS;
+    let mut notes = Vec::new();
+    if args.apply {
+        if outcome.verdict == Verdict::Improved {
+            let applied = validate::apply::apply(&plan.set)?;
+            for (key, old, new) in &applied.changes {
+                notes.push(format!("applied: {key} = {new} (was {old})"));
+            }
+            notes.push(format!("rollback: {}", applied.rollback));
+            outcome.applied = Some(applied);
+        } else {
+            notes.push(format!(
+                "not applied: --apply needs the verdict improved, this one is {}",
+                outcome.verdict.as_str()
+            ));
+            code = ExitCode::FAILURE;
+        }
+    }
+    let written = match &args.output_dir {
+        Some(dir) => validate::write_outputs(dir, &outcome)?,
+        None => Vec::new(),
+    };
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Text => {
+            out.write_all(validate::text::render(&outcome).as_bytes())?;
+            for note in notes {
+                writeln!(out, "{note}")?;
+            }
+            if !written.is_empty() {
+                writeln!(out, "wrote {}", written.join(" "))?;
+            }
+        }
+        Format::Json => {
+            writeln!(out, "{}", serde_json::to_string_pretty(&outcome)?)?;
+            for note in notes {
+                eprintln!("loadprobe: {note}");
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// The workload both runs get (its target is set per topology).
+fn workload(args: &ValidateArgs) -> anyhow::Result<DriverConfig> {
+    let fd_limit = limits::raise_nofile_limit().context("cannot raise RLIMIT_NOFILE")?;
+    let max_conns = limits::max_connections(fd_limit, true);
+    let workload = match args.rate {
+        Some(rate) => Workload::Open {
+            rate,
+            max_in_flight: max_conns.min(u64::from(u32::MAX)) as u32,
+        },
+        None => {
+            let users = args.users.unwrap_or(DEFAULT_USERS);
+            if users == 0 || u64::from(users) > max_conns {
+                anyhow::bail!("--users must be between 1 and {max_conns} (descriptor limit)");
+            }
+            Workload::Closed {
+                users,
+                think_time: Duration::ZERO,
+            }
+        }
+    };
+    // The target is a placeholder: each topology has its own server address.
+    let placeholder = Target::from_addr(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut config = DriverConfig::new(placeholder, args.mode.into(), workload);
+    config.duration = Some(args.duration);
+    Ok(config)
+}
+
+/// SIGINT/SIGTERM stop the validation: the run in progress winds down and the namespaces are
+/// removed before exiting (the default action would kill the process and leave them behind).
+fn watch_signals(stop: Stop) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("cannot handle signals")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                eprintln!("loadprobe: stopping; removing the network namespaces");
+                stop.stop();
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
 }
 
 fn check_main(args: CheckArgs) -> anyhow::Result<ExitCode> {

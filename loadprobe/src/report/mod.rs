@@ -7,6 +7,7 @@
 
 mod budget;
 mod histograms;
+pub mod merge;
 mod text;
 mod write;
 
@@ -24,6 +25,7 @@ use crate::probe::summary::SideSummary;
 
 pub use budget::{PortBudget, PortBudgetInputs};
 pub use histograms::{HISTOGRAM_ENCODING, decode_histogram, encode_histogram};
+pub use merge::{MergeError, MergedInput, merge};
 pub use text::render_text;
 pub use write::write_atomic;
 
@@ -67,6 +69,15 @@ pub struct RunRecord {
     pub kernel: Snapshot,
     pub port_budget: PortBudget,
     pub histograms: SerializedHistograms,
+    /// `run --repeat N` (or a merge of sequential runs): each repetition's figures by record
+    /// path (see [`merge::headline_metrics`]), for `compare` to judge noise. Absent for a
+    /// single run; records written before it existed still parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetitions: Option<Vec<BTreeMap<String, f64>>>,
+    /// A merged record: each input's start, target and kernel (per-host snapshots). Absent for
+    /// a single run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<MergedInput>,
 }
 
 /// What was asked for.
@@ -469,6 +480,8 @@ impl RunRecord {
                 connect: encode_histogram(&h.connect)?,
                 first_byte: encode_histogram(&h.first_byte)?,
             },
+            repetitions: None,
+            merged_from: Vec::new(),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Kernel tuning for connection churn: explain the sysctls that matter and predict what a
 //! workload does to them ([`check`]), and build throwaway two-host topologies of network
-//! namespaces ([`netns`]) so that a tuning can be measured without touching the host.
+//! namespaces ([`netns`]) so that a tuning can be measured without touching the host
+//! ([`validate`], judged by [`verdict`]).
 //!
 //! Every sysctl involved is per network namespace (TIME_WAIT.md §5), which is what makes an
 //! isolated A/B measurement possible at all.
@@ -9,6 +10,8 @@ pub mod check;
 pub mod netns;
 pub mod predict;
 pub mod text;
+pub mod validate;
+pub mod verdict;
 
 use std::io;
 

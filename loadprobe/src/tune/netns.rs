@@ -304,7 +304,7 @@ fn ip(args: &[&str]) -> Result<(), TuneError> {
 
 /// Whether the process has CAP_SYS_ADMIN in its effective set (what `ip netns add` and setns
 /// need), so a missing privilege is one clear line instead of an EPERM from deep inside `ip`.
-fn has_cap_sys_admin() -> bool {
+pub fn has_cap_sys_admin() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return false;

@@ -184,7 +184,7 @@ fn pad(n: usize) -> String {
 }
 
 /// Greedy word wrap: `first` before the first line, `rest` before the others.
-fn wrap(line: &mut impl FnMut(&str), text: &str, first: &str, rest: &str) {
+pub(crate) fn wrap(line: &mut impl FnMut(&str), text: &str, first: &str, rest: &str) {
     let mut current = first.to_string();
     let mut empty = true;
     for word in text.split_whitespace() {

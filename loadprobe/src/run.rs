@@ -1,0 +1,125 @@
+//! One measured run, from preflight to run record: the piece `loadprobe run` and
+//! `loadprobe tune validate` share, so that a validation's `baseline.json` and `tuned.json` are
+//! ordinary run records made by the same code as any other (and `compare` works on them).
+//!
+//! The caller owns what differs between them: where the server runs (same runtime for `run`,
+//! another network namespace for `validate`), signal handling ([`Stop`]) and live progress
+//! ([`Live`]). Everything that reads the kernel here (probe attach, TIME_WAIT sampling, the
+//! sysctl snapshot and the port budget) does so in the calling thread's network namespace, so a
+//! run driven from inside a namespace describes that namespace.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::driver::timewait::TwSampler;
+use crate::driver::{DriverConfig, DriverError, Live, Stop, Workload, drive, preflight};
+use crate::kernel;
+use crate::probe::session::Session;
+use crate::probe::{Netns, ProbeError, ProbeOptions};
+use crate::report::{
+    PortBudget, PortBudgetInputs, ProbeReport, RecordInputs, ReportError, RunConfig, RunRecord,
+};
+
+/// Whether the eBPF probe watches the run's connections (those to or from the target's port).
+#[derive(Debug, Clone)]
+pub enum ProbePlan {
+    /// No probe, for this reason (shown in the record and the summary).
+    Off(String),
+    /// Attach if possible; without it, TIME_WAIT is sampled from sock_diag.
+    Try(Netns),
+    /// The run is worthless without the probe (`tune validate` needs its TIME_WAIT end
+    /// reasons): failing to attach fails the run.
+    Require(Netns),
+}
+
+/// What one run needs besides its driver config.
+pub struct RunOnce<'a> {
+    pub config: DriverConfig,
+    /// The target is the in-process server (recorded in the run config).
+    pub embedded_server: bool,
+    pub probe: ProbePlan,
+    pub live: Arc<Live>,
+    pub stop: Stop,
+    /// Receives one-line warnings as they happen (probe off, sampling failed).
+    pub warn: &'a dyn Fn(&str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Report(#[from] ReportError),
+}
+
+/// Preflight (one connection, before the probe so it is not counted), probe, TIME_WAIT
+/// sampling, the load itself, then the record. Must run inside a tokio runtime.
+pub async fn run_once(run: RunOnce<'_>) -> Result<RunRecord, RunError> {
+    let RunOnce {
+        config,
+        embedded_server,
+        probe,
+        live,
+        stop,
+        warn,
+    } = run;
+    preflight(&config).await?;
+    let options = |netns| ProbeOptions {
+        netns,
+        ports: vec![config.target.addr.port()],
+        timewait: true,
+    };
+    let probe = match probe {
+        ProbePlan::Off(reason) => Err(reason),
+        ProbePlan::Try(netns) => Session::start(&options(netns)).map_err(|e| e.to_string()),
+        ProbePlan::Require(netns) => Ok(Session::start(&options(netns))?),
+    };
+    if let Err(reason) = &probe {
+        warn(&format!(
+            "probe off ({reason}); TIME_WAIT counts come from sock_diag"
+        ));
+    }
+    let sampler = TwSampler::start(config.target.addr, live.clone(), Duration::from_secs(1)).ok();
+
+    let result = drive(config.clone(), live, stop).await;
+
+    let sampled = sampler.map(TwSampler::finish);
+    let probe = match probe.and_then(|s| s.finish().map_err(|e| e.to_string())) {
+        Ok(seen) => ProbeReport::from_probe(&seen, config.mode),
+        Err(reason) => ProbeReport::off(reason),
+    };
+    let result = result?;
+    if let Some(err) = sampled.as_ref().and_then(|s| s.error.as_ref()) {
+        warn(&format!("warning: TIME_WAIT sampling failed: {err}"));
+    }
+
+    let kernel = kernel::snapshot();
+    let concurrency = match config.workload {
+        Workload::Closed { users, .. } => u64::from(users),
+        Workload::Open { rate, .. } => {
+            // Little's law: rate × mean latency is what is open at once.
+            let mean_s = result.histograms.total_uncorrected.mean() / 1e6;
+            (rate * mean_s).ceil() as u64
+        }
+    };
+    let port_budget = PortBudget::compute(PortBudgetInputs {
+        usable_ports: kernel::usable_ephemeral_ports().ok(),
+        source_ips: config.source_ips.len().max(1) as u32,
+        mode: config.mode,
+        connections_per_s: result.connections_per_second(),
+        concurrency,
+        target: config.target.addr,
+        sysctls: &kernel.sysctls,
+        eaddrnotavail: result.errors.get("EADDRNOTAVAIL").copied().unwrap_or(0),
+    });
+    Ok(RunRecord::build(RecordInputs {
+        config: RunConfig::new(&config, embedded_server),
+        driver: &result,
+        sampled: sampled.as_ref(),
+        probe,
+        kernel,
+        port_budget,
+    })?)
+}
