@@ -96,7 +96,9 @@ fn burst_of_1000_client_closes() {
 }
 
 /// Third-party peers: Debian's nginx and curl. curl closes a kept-alive connection when it
-/// exits (client first); with `Connection: close` nginx closes first.
+/// exits (client first); with `Connection: close` nginx closes right after the response, but
+/// curl may close at the same moment, so each record is checked against the kernel's own
+/// answer: the end that holds the TIME-WAIT socket (ss) sent the first FIN.
 #[test]
 fn third_party_client_and_server() {
     if !require_root("third-party client and server") {
@@ -128,24 +130,29 @@ fn third_party_client_and_server() {
     }
     netns.wait_quiet();
     let trace = tracer.stop();
-    let closers: Vec<&str> = trace
-        .records
-        .iter()
-        .map(|r| r["closer"].as_str().unwrap_or("?"))
-        .collect();
-    assert_eq!(closers.len(), 6, "{:#?}", trace.records);
-    assert_eq!(
-        closers.iter().filter(|c| **c == "client").count(),
-        3,
-        "{closers:?}"
-    );
-    assert_eq!(
-        closers.iter().filter(|c| **c == "server").count(),
-        3,
-        "{closers:?}"
-    );
+    assert_eq!(trace.records.len(), 6, "{:#?}", trace.records);
+    let mut closers = Vec::new();
     for r in &trace.records {
-        assert_eq!(r["server"], "127.0.0.1:8012");
+        let addr = |key: &str| {
+            r[key]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .expect("address")
+        };
+        let conn = Conn {
+            client: addr("client"),
+            server: addr("server"),
+            expected: "",
+        };
+        assert_eq!(conn.server.port(), 8012);
+        let kernel = netns.time_wait_closer(&conn).expect("a TIME-WAIT end");
+        assert_eq!(r["closer"], kernel, "{r}");
+        closers.push(kernel);
     }
+    // curl's own closes at exit are always first.
+    assert!(
+        closers.iter().filter(|c| **c == "client").count() >= 3,
+        "{closers:?}"
+    );
     assert_eq!(trace.lost_events(), 0);
 }
