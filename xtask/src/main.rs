@@ -1,4 +1,4 @@
-//! Developer tasks for loadprobe: `cargo xtask setup|test|run|lint`.
+//! Developer tasks for loadprobe: `cargo xtask setup|test|run|lint|bench`.
 //!
 //! `setup` provisions everything the build and the tests need (nightly rust-src, a bpf-linker
 //! linked against nightly's own libLLVM, a few Debian packages, tracefs). It is idempotent and
@@ -11,14 +11,22 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
+mod bench;
+
 /// The bpf-linker release line that matches aya 0.14 and nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13";
 
 /// Debian packages the tests and benchmarks use: `ip`/`ss` (namespaces), nginx (a third-party
-/// server to load), `sysctl`/`pgrep`. Each entry is satisfied by any one of its names; the first
-/// name with an installation candidate is installed. (On bookworm, `nginx` carries the binary and
-/// `nginx-light` only adds a module on top of it.)
-const APT_PACKAGES: &[&[&str]] = &[&["iproute2"], &["nginx", "nginx-light"], &["procps"]];
+/// server to load), `sysctl`/`pgrep`, chromium (renders `compare --format html` headless in the
+/// tests). Each entry is satisfied by any one of its names; the first name with an installation
+/// candidate is installed. (On bookworm, `nginx` carries the binary and `nginx-light` only adds a
+/// module on top of it.)
+const APT_PACKAGES: &[&[&str]] = &[
+    &["iproute2"],
+    &["nginx", "nginx-light"],
+    &["procps"],
+    &["chromium"],
+];
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "loadprobe's developer tasks")]
@@ -43,6 +51,9 @@ enum Task {
     },
     /// Formatting check and clippy (host crates and the eBPF crate), warnings as errors.
     Lint,
+    /// Provision, then loadprobe's throughput against wrk, oha and a reference epoll loop on a
+    /// private one-worker nginx, plus peak RSS; prints a table of medians and ratios.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +79,7 @@ fn main_inner() -> Result<ExitCode> {
             run(&root, &args)
         }
         Task::Lint => lint(),
+        Task::Bench(args) => bench::bench(&root, args),
     }
 }
 

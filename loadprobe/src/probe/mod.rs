@@ -169,8 +169,9 @@ impl Probe {
         self.netns
     }
 
-    /// Waits up to `timeout` for events, then hands every event in the ring buffer to `each`.
-    /// Returns how many there were.
+    /// Waits up to `timeout`, then hands every event in the ring buffer to `each`; returns how
+    /// many there were. The kernel side wakes the reader only when a megabyte is waiting, so
+    /// this usually sleeps the whole `timeout`: call it with the latency you can accept.
     pub fn poll(
         &mut self,
         timeout: Duration,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::track::{Closer, Side, Totals, TwSideStats, percentile};
+use super::track::{Closer, Side, Totals, TwSideStats};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
@@ -16,14 +16,15 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    pub fn of(values: &[u64]) -> Percentiles {
-        let mut sorted = values.to_vec();
-        sorted.sort_unstable();
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
         Percentiles {
-            p50: percentile(&sorted, 50.0),
-            p90: percentile(&sorted, 90.0),
-            p99: percentile(&sorted, 99.0),
-            max: sorted.last().copied().unwrap_or(0),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
         }
     }
 }
@@ -51,7 +52,7 @@ impl From<&TwSideStats> for SideSummary {
             killed: s.killed,
             overflow: s.overflow,
             open: s.open,
-            duration_ms: Percentiles::of(&s.durations_ms),
+            duration_ms: Percentiles::of(&s.durations_ms.0),
         }
     }
 }

@@ -423,15 +423,6 @@ fn open_connections_are_flushed_at_exit() {
 }
 
 #[test]
-fn nearest_rank_percentiles() {
-    let v: Vec<u64> = (1..=100).collect();
-    assert_eq!(percentile(&v, 50.0), 50);
-    assert_eq!(percentile(&v, 99.0), 99);
-    assert_eq!(percentile(&v, 100.0), 100);
-    assert_eq!(percentile(&[], 50.0), 0);
-}
-
-#[test]
 fn a_new_timewait_socket_in_the_memory_of_a_killed_older_one_is_counted() {
     // A timewait socket from before the probe is killed (its port reused by a client) and the
     // kernel hands its memory straight to the server's new timewait socket of another tuple.

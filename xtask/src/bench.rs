@@ -1,0 +1,1054 @@
+//! `cargo xtask bench`: loadprobe's throughput against its peers on this machine, with the same
+//! target, concurrency and duration for everyone.
+//!
+//! The target is nginx with one worker on 127.0.0.1 (its own configuration in a temporary
+//! directory; the system's nginx configuration is never read or touched). The contenders:
+//! loadprobe with the probe attached and with `--no-probe`, `wrk`, `oha` and the project's
+//! reference loop (`bench-ref`: a minimal epoll loop, the kernel's practical limit here). Each
+//! measurement is repeated, contenders alternating (reversed order on odd repetitions) so that
+//! drift on a shared machine hits all of them alike; medians are compared. Then peak RSS of
+//! loadprobe over a 100k and a 1M connection run.
+//!
+//! nginx is stopped at the end, on error and on Ctrl-C (SIGINT/SIGTERM) too.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Repetitions of each measurement (medians are compared).
+    #[arg(long, default_value_t = 3)]
+    repeat: u32,
+    /// Concurrent connections for every contender (loadprobe --users, wrk/oha -c, the reference
+    /// loop's connections).
+    #[arg(long, default_value_t = 64)]
+    concurrency: u32,
+    /// Spread loadprobe's and the reference loop's connections over these local addresses
+    /// (e.g. 127.0.0.2-127.0.0.9); wrk and oha cannot, so they keep one source address.
+    #[arg(long, value_name = "SPEC")]
+    source_ips: Option<String>,
+    /// Only these modes (comma-separated: client-close, server-close, keep-alive).
+    #[arg(long, value_delimiter = ',', value_parser = ["client-close", "server-close", "keep-alive"])]
+    modes: Vec<String>,
+    /// Skip the peak-RSS runs (100k and 1M connections).
+    #[arg(long)]
+    no_rss: bool,
+}
+
+const MODES: [&str; 3] = ["client-close", "server-close", "keep-alive"];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Tool {
+    Probe,
+    NoProbe,
+    Wrk,
+    Oha,
+    Reference,
+}
+
+impl Tool {
+    fn label(self) -> &'static str {
+        match self {
+            Tool::Probe => "loadprobe (probe)",
+            Tool::NoProbe => "loadprobe (--no-probe)",
+            Tool::Wrk => "wrk",
+            Tool::Oha => "oha",
+            Tool::Reference => "reference loop",
+        }
+    }
+
+    /// Who runs in `mode`: wrk has no client-close; oha's `--disable-keepalive` sends
+    /// `Connection: close`, so the server closes: server-close.
+    fn in_mode(mode: &str, oha: bool) -> Vec<Tool> {
+        let mut tools = vec![Tool::Probe, Tool::NoProbe];
+        if mode != "client-close" {
+            tools.push(Tool::Wrk);
+            if oha {
+                tools.push(Tool::Oha);
+            }
+        }
+        tools.push(Tool::Reference);
+        tools
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+struct Sample {
+    /// Connections per second (close modes) or requests per second (keep-alive).
+    value: f64,
+    errors: u64,
+    rss_kib: u64,
+    /// The contender's CPU time (user + system, start-up included) per request, µs.
+    cpu_us_per_req: f64,
+    /// nginx's worker CPU over the measured window, in cores (1.0: saturated).
+    nginx_cores: Option<f64>,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+pub fn bench(root: &Path, args: BenchArgs) -> Result<ExitCode> {
+    if args.duration == 0 || args.repeat == 0 || args.concurrency == 0 {
+        bail!("--duration, --repeat and --concurrency must be at least 1");
+    }
+    install_signal_handlers();
+    // What the release build and the probe need (setup's pieces, without the test-only apt
+    // packages: nginx and wrk come from `ensure_packages`, with one apt-get update at most).
+    ensure_packages()?;
+    super::ensure_rust_src()?;
+    super::ensure_bpf_linker()?;
+    super::ensure_tracefs(super::is_root())?;
+    let oha = ensure_oha();
+    let (loadprobe, reference) = build(root)?;
+    check_interrupted()?;
+
+    let tmp = TempDir::new()?;
+    let port = free_port()?;
+    let nginx = Nginx::start(tmp.path(), port, args.concurrency)?;
+    let env = Env::probe(&nginx, oha.as_ref().ok());
+    println!("bench: {}", env.headline(&args));
+
+    let ctx = Ctx {
+        args: &args,
+        dir: tmp.path(),
+        port,
+        loadprobe: &loadprobe,
+        reference: &reference,
+        oha: oha.as_ref().ok(),
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        nginx_worker: nginx.worker,
+    };
+    let modes: Vec<&str> = MODES
+        .into_iter()
+        .filter(|m| args.modes.is_empty() || args.modes.iter().any(|a| a == m))
+        .collect();
+    let mut samples: BTreeMap<(&str, Tool), Vec<Sample>> = BTreeMap::new();
+    for rep in 0..args.repeat {
+        for &mode in &modes {
+            let mut tools = Tool::in_mode(mode, ctx.oha.is_some());
+            if rep % 2 == 1 {
+                tools.reverse();
+            }
+            for tool in tools {
+                let s = ctx.measure(mode, tool, rep)?;
+                println!(
+                    "bench: [{}/{}] {mode:<12} {:<22} {:>9.0} {}/s{}",
+                    rep + 1,
+                    args.repeat,
+                    tool.label(),
+                    s.value,
+                    unit(mode),
+                    if s.errors > 0 {
+                        format!("  ({} errors)", s.errors)
+                    } else {
+                        String::new()
+                    }
+                );
+                samples.entry((mode, tool)).or_default().push(s);
+                // Let the last run's closes and FIN handshakes settle.
+                std::thread::sleep(Duration::from_millis(500));
+                check_interrupted()?;
+            }
+        }
+    }
+
+    let rss = if args.no_rss {
+        None
+    } else {
+        // The mode with the most connections per second, for the most connections per second
+        // of wall time.
+        let mode = ["client-close", "server-close"]
+            .into_iter()
+            .filter_map(|m| Some((m, median(samples.get(&(m, Tool::Probe))?)?)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or("server-close", |(m, _)| m);
+        Some(ctx.rss_runs(mode)?)
+    };
+
+    drop(nginx);
+    let table = render(&env, &args, &samples, oha.as_ref().err(), rss.as_ref());
+    println!();
+    print!("{table}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the bench needs from Debian, installed when missing (one `apt-get update` at most).
+fn ensure_packages() -> Result<()> {
+    let wanted = [("nginx", "/usr/sbin/nginx"), ("wrk", "/usr/bin/wrk")];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(_, bin)| !Path::new(bin).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        println!("bench: nginx, wrk: installed");
+        return Ok(());
+    }
+    if !super::is_root() {
+        bail!(
+            "{} missing and not root: install with apt-get",
+            missing.join(", ")
+        );
+    }
+    println!(
+        "bench: {}: missing, running apt-get update",
+        missing.join(", ")
+    );
+    super::status(Command::new("apt-get").args(["update", "-q"]))?;
+    super::status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// oha from crates.io (`cargo install oha --locked`) unless present; `Err(reason)` when it
+/// cannot be had, and the bench goes on without it.
+fn ensure_oha() -> Result<PathBuf, String> {
+    let find = || {
+        let cargo_bin = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+            .map(|h| h.join("bin/oha"));
+        std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .map(|d| d.join("oha"))
+            .chain(cargo_bin)
+            .find(|p| {
+                Command::new(p)
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+    };
+    if let Some(p) = find() {
+        println!("bench: oha: {}", p.display());
+        return Ok(p);
+    }
+    println!("bench: oha: missing, running cargo install oha --locked");
+    let st = Command::new("cargo")
+        .args(["install", "oha", "--locked"])
+        .status();
+    match (st, find()) {
+        (_, Some(p)) => Ok(p),
+        (Ok(st), None) => {
+            let why = format!("`cargo install oha --locked` failed ({st}); oha skipped");
+            println!("bench: oha: {why}");
+            Err(why)
+        }
+        (Err(e), None) => {
+            let why = format!("cannot run cargo install oha: {e}; oha skipped");
+            println!("bench: oha: {why}");
+            Err(why)
+        }
+    }
+}
+
+/// Release builds of loadprobe and the reference loop, in the normal target directory.
+fn build(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    super::status(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "loadprobe",
+        "-p",
+        "bench-ref",
+    ]))?;
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => std::env::current_dir()?.join(dir),
+        None => root.join("target"),
+    };
+    Ok((
+        target.join("release/loadprobe"),
+        target.join("release/bench-ref"),
+    ))
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind 127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let mut template = b"/tmp/loadprobe-bench.XXXXXX\0".to_vec();
+        // SAFETY: a NUL-terminated, writable template.
+        let p = unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) };
+        if p.is_null() {
+            bail!("mkdtemp: {}", std::io::Error::last_os_error());
+        }
+        template.pop();
+        Ok(TempDir(PathBuf::from(String::from_utf8(template)?)))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// nginx, one worker, on 127.0.0.1:`port`, stopped (with its worker) when dropped.
+struct Nginx {
+    child: Option<Child>,
+    version: String,
+    /// The one worker process, for its CPU time.
+    worker: Option<u32>,
+}
+
+impl Nginx {
+    fn start(dir: &Path, port: u16, concurrency: u32) -> Result<Nginx> {
+        let d = dir.display();
+        let worker_connections = (4 * concurrency).max(4096);
+        let conf = format!(
+            "# loadprobe bench: a private nginx (never the system's configuration)
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {rlimit};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{
+    worker_connections {worker_connections};
+    use epoll;
+}}
+http {{
+    access_log off;
+    keepalive_requests 1000000000;
+    keepalive_timeout 75s;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            default_type text/plain;
+            return 200 \"loadprobe bench: a small static response\\n\";
+        }}
+    }}
+}}
+",
+            rlimit = 2 * worker_connections + 64,
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let version = Command::new("nginx")
+            .arg("-v")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+            .unwrap_or_default();
+        let version = version
+            .strip_prefix("nginx version: ")
+            .unwrap_or(&version)
+            .to_string();
+        let log = std::fs::File::create(dir.join("nginx.stderr"))?;
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a terminal's Ctrl-C reaches us, and we stop it in order.
+            .process_group(0)
+            .spawn()
+            .context("cannot start nginx")?;
+        let mut nginx = Nginx {
+            child: Some(child),
+            version,
+            worker: None,
+        };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = nginx
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                nginx.child = None;
+                let log = std::fs::read_to_string(dir.join("nginx.stderr")).unwrap_or_default();
+                let err = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                bail!("nginx exited at start ({st}): {}{}", log.trim(), err.trim());
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("nginx did not listen on {addr} within 10 s");
+            }
+            check_interrupted()?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let master = nginx.child.as_ref().map_or(0, Child::id);
+        for _ in 0..100 {
+            nginx.worker = children_of(master).into_iter().next();
+            if nginx.worker.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!(
+            "bench: {} (1 worker) on {addr}, config {}",
+            nginx.version,
+            conf_path.display()
+        );
+        Ok(nginx)
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: signalling our own child (fast shutdown: master and worker exit).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                // The worker exits with its master; make sure of it.
+                // SAFETY: the process group created for nginx.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                println!("bench: nginx stopped");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: the process group created for nginx.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = child.wait();
+        println!("bench: nginx killed");
+    }
+}
+
+/// Child processes of `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        return s
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|st| {
+                st.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After "pid (comm) ": state is field 3; utime and stime are fields 14 and 15.
+    let rest: Vec<&str> = st.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks / if hz > 0 { hz as f64 } else { 100.0 })
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The machine and the tools, for the table's heading.
+struct Env {
+    date: String,
+    cpus: usize,
+    kernel: String,
+    nginx: String,
+    wrk: String,
+    oha: Option<String>,
+    sysctls: String,
+}
+
+impl Env {
+    fn probe(nginx: &Nginx, oha: Option<&PathBuf>) -> Env {
+        let out = |cmd: &mut Command| {
+            cmd.output()
+                .map(|o| {
+                    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+                    s.push_str(&String::from_utf8_lossy(&o.stderr));
+                    s.trim().to_string()
+                })
+                .unwrap_or_default()
+        };
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_else(|_| "?".into())
+        };
+        let wrk = out(Command::new("wrk").arg("--version"));
+        let wrk = wrk
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_string();
+        Env {
+            date: out(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: read("/proc/sys/kernel/osrelease"),
+            nginx: nginx.version.clone(),
+            wrk,
+            oha: oha.map(|p| out(Command::new(p).arg("--version"))),
+            sysctls: format!(
+                "ip_local_port_range {}, tcp_tw_reuse {}, tcp_max_tw_buckets {}",
+                read("/proc/sys/net/ipv4/ip_local_port_range"),
+                read("/proc/sys/net/ipv4/tcp_tw_reuse"),
+                read("/proc/sys/net/ipv4/tcp_max_tw_buckets"),
+            ),
+        }
+    }
+
+    fn headline(&self, args: &BenchArgs) -> String {
+        format!(
+            "{}; {} CPUs, Linux {}; {} (1 worker), wrk {}, {}; concurrency {}, {} s x {}; {}; {}",
+            self.date,
+            self.cpus,
+            self.kernel,
+            self.nginx,
+            self.wrk,
+            self.oha.as_deref().unwrap_or("oha: not available"),
+            args.concurrency,
+            args.duration,
+            args.repeat,
+            match &args.source_ips {
+                Some(s) =>
+                    format!("loadprobe and the reference loop from {s}, wrk/oha from 127.0.0.1"),
+                None => "every contender from one source address (127.0.0.1)".into(),
+            },
+            self.sysctls
+        )
+    }
+}
+
+struct Ctx<'a> {
+    args: &'a BenchArgs,
+    dir: &'a Path,
+    port: u16,
+    loadprobe: &'a Path,
+    reference: &'a Path,
+    oha: Option<&'a PathBuf>,
+    threads: usize,
+    nginx_worker: Option<u32>,
+}
+
+/// What a finished child left.
+struct Finished {
+    status: ExitStatus,
+    rss_kib: u64,
+    /// User + system CPU seconds.
+    cpu_s: f64,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ctx<'_> {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    fn measure(&self, mode: &str, tool: Tool, rep: u32) -> Result<Sample> {
+        let d = self.args.duration;
+        let c = self.args.concurrency.to_string();
+        let t = self.threads.to_string();
+        let name = format!("{mode}-{tool:?}-{rep}");
+        let record = self.dir.join(format!("{name}.json"));
+        let mut cmd;
+        match tool {
+            Tool::Probe | Tool::NoProbe => {
+                cmd = Command::new(self.loadprobe);
+                cmd.args(["run", "--mode", mode, "--users", &c, "--threads", &t])
+                    .arg("--duration")
+                    .arg(format!("{d}s"))
+                    .args(["--target", &self.url()])
+                    .arg("-o")
+                    .arg(&record);
+                if tool == Tool::NoProbe {
+                    cmd.arg("--no-probe");
+                }
+                if let Some(s) = &self.args.source_ips {
+                    cmd.args(["--source-ips", s]);
+                }
+            }
+            Tool::Wrk => {
+                cmd = Command::new("wrk");
+                cmd.args(["-t", &t, "-c", &c, "-d", &format!("{d}s")]);
+                if mode == "server-close" {
+                    cmd.args(["-H", "Connection: close"]);
+                }
+                cmd.arg(self.url());
+            }
+            Tool::Oha => {
+                cmd = Command::new(self.oha.context("no oha")?);
+                cmd.args(["--no-tui", "--output-format", "json", "-c", &c])
+                    .args(["-z", &format!("{d}s")]);
+                if mode != "keep-alive" {
+                    cmd.arg("--disable-keepalive");
+                }
+                cmd.arg(self.url());
+            }
+            Tool::Reference => {
+                cmd = Command::new(self.reference);
+                cmd.args(["--mode", mode, "--connections", &c, "--threads", &t])
+                    .args(["--duration", &d.to_string()])
+                    .args(["--target", &format!("127.0.0.1:{}", self.port)]);
+                if let Some(s) = &self.args.source_ips {
+                    cmd.args(["--source-ips", s]);
+                }
+            }
+        }
+        let nginx_before = self.nginx_worker.and_then(cpu_seconds);
+        let f = run_child(&mut cmd, self.dir, &name, Duration::from_secs(d + 60))?;
+        let nginx_cpu = self
+            .nginx_worker
+            .and_then(cpu_seconds)
+            .zip(nginx_before)
+            .map(|(after, before)| after - before);
+        if !f.status.success() {
+            bail!(
+                "{} ({mode}) failed: {}\n{}",
+                tool.label(),
+                f.status,
+                tail(&f.stderr, 20)
+            );
+        }
+        let per_conn = mode != "keep-alive";
+        // (rate, errors, measured seconds)
+        let (value, errors, secs) = match tool {
+            Tool::Probe | Tool::NoProbe => {
+                let v: Value = serde_json::from_slice(&std::fs::read(&record)?)
+                    .with_context(|| format!("reading {}", record.display()))?;
+                let attached = v["probe"]["attached"].as_bool() == Some(true);
+                if (tool == Tool::Probe) != attached {
+                    bail!(
+                        "{} ({mode}): probe.attached is {attached}: {}",
+                        tool.label(),
+                        tail(&f.stderr, 5)
+                    );
+                }
+                let key = if per_conn { "connections_per_s" } else { "rps" };
+                let errors = v["requests"]["errors"]
+                    .as_object()
+                    .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+                (num(&v["throughput"][key])?, errors, num(&v["duration_s"])?)
+            }
+            Tool::Wrk => {
+                let rps = f
+                    .stdout
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+                    .context("no Requests/sec in wrk's output")?
+                    .trim()
+                    .parse::<f64>()?;
+                // "Socket errors: connect 0, read 0, write 0, timeout 0" and "Non-2xx or 3xx
+                // responses: N".
+                let mut errors = 0;
+                for l in f.stdout.lines().map(str::trim) {
+                    if let Some(rest) = l.strip_prefix("Socket errors:") {
+                        errors += rest
+                            .split(',')
+                            .filter_map(|p| p.split_whitespace().nth(1)?.parse::<u64>().ok())
+                            .sum::<u64>();
+                    } else if let Some(rest) = l.strip_prefix("Non-2xx or 3xx responses:") {
+                        errors += rest.trim().parse::<u64>().unwrap_or(0);
+                    }
+                }
+                (rps, errors, d as f64)
+            }
+            Tool::Oha => {
+                let v: Value = serde_json::from_str(&f.stdout).context("oha's JSON output")?;
+                // Requests still in flight at the deadline are not failures.
+                let errors = v["errorDistribution"].as_object().map_or(0, |m| {
+                    m.iter()
+                        .filter(|(k, _)| !k.contains("deadline"))
+                        .filter_map(|(_, n)| n.as_u64())
+                        .sum()
+                });
+                let secs = v["summary"]["total"].as_f64().unwrap_or(d as f64);
+                (num(&v["summary"]["requestsPerSec"])?, errors, secs)
+            }
+            Tool::Reference => {
+                let v: Value = serde_json::from_str(&f.stdout).context("bench-ref's output")?;
+                let errors = v["errors"]
+                    .as_object()
+                    .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+                // Completions: each one is a whole connection in the close modes.
+                (num(&v["rps"])?, errors, num(&v["duration_s"])?)
+            }
+        };
+        let requests = (value * secs).max(1.0);
+        Ok(Sample {
+            value,
+            errors,
+            rss_kib: f.rss_kib,
+            cpu_us_per_req: f.cpu_s / requests * 1e6,
+            // The window is the contender's measured one: nginx idles during start-up.
+            nginx_cores: nginx_cpu.map(|c| (c / secs.max(1e-3)).min(1.0)),
+        })
+    }
+
+    /// loadprobe (probe attached) for 100k and then 1M connections: peak RSS of each.
+    fn rss_runs(&self, mode: &str) -> Result<Rss> {
+        let mut runs = Vec::new();
+        for n in [100_000u64, 1_000_000] {
+            let name = format!("rss-{n}");
+            let record = self.dir.join(format!("{name}.json"));
+            let mut cmd = Command::new(self.loadprobe);
+            cmd.args(["run", "--mode", mode])
+                .args(["--users", &self.args.concurrency.to_string()])
+                .args(["--threads", &self.threads.to_string()])
+                .args(["--requests", &n.to_string(), "--target", &self.url()])
+                .arg("-o")
+                .arg(&record);
+            if let Some(s) = &self.args.source_ips {
+                cmd.args(["--source-ips", s]);
+            }
+            println!("bench: peak RSS: loadprobe (probe) {mode}, {n} connections");
+            let started = Instant::now();
+            let f = run_child(&mut cmd, self.dir, &name, Duration::from_secs(1800))?;
+            if !f.status.success() {
+                bail!(
+                    "loadprobe ({name}) failed: {}\n{}",
+                    f.status,
+                    tail(&f.stderr, 20)
+                );
+            }
+            let v: Value = serde_json::from_slice(&std::fs::read(&record)?)?;
+            let attached = v["probe"]["attached"].as_bool() == Some(true);
+            let conns = v["connections"]["opened"].as_u64().unwrap_or(0);
+            println!(
+                "bench: peak RSS: {n} requests, {conns} connections, {:.1} MiB, {:.1} s{}",
+                f.rss_kib as f64 / 1024.0,
+                started.elapsed().as_secs_f64(),
+                if attached {
+                    ""
+                } else {
+                    " (probe NOT attached)"
+                }
+            );
+            runs.push(RssRun {
+                connections: conns,
+                peak_kib: f.rss_kib,
+                attached,
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            check_interrupted()?;
+        }
+        Ok(Rss {
+            mode: mode.to_string(),
+            runs,
+        })
+    }
+}
+
+/// The 100k and 1M connection runs.
+struct Rss {
+    mode: String,
+    runs: Vec<RssRun>,
+}
+
+struct RssRun {
+    connections: u64,
+    /// Peak RSS (the kernel's high-water mark), KiB.
+    peak_kib: u64,
+    attached: bool,
+}
+
+fn num(v: &Value) -> Result<f64> {
+    v.as_f64()
+        .with_context(|| format!("expected a number, got {v}"))
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs `cmd` with stdout/stderr in files under `dir`, reaping it with wait4 for its peak RSS.
+/// On SIGINT/SIGTERM (or after `limit`) the child gets SIGINT, then SIGKILL.
+fn run_child(cmd: &mut Command, dir: &Path, name: &str, limit: Duration) -> Result<Finished> {
+    let out_path = dir.join(format!("{name}.stdout"));
+    let err_path = dir.join(format!("{name}.stderr"));
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(&err_path)?)
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let started = Instant::now();
+    let mut signalled: Option<Instant> = None;
+    let (status, rss_kib, cpu_s) = loop {
+        let mut st: libc::c_int = 0;
+        // SAFETY: an out-struct for wait4 on our own child.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers; WNOHANG.
+        let r = unsafe { libc::wait4(pid, &mut st, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            // ru_maxrss is in KiB on Linux.
+            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            let cpu = secs(ru.ru_utime) + secs(ru.ru_stime);
+            break (ExitStatus::from_raw(st), ru.ru_maxrss as u64, cpu);
+        }
+        if r < 0 {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        let late = started.elapsed() > limit;
+        if INTERRUPTED.load(Ordering::SeqCst) || late {
+            match signalled {
+                None => {
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(pid, libc::SIGINT) };
+                    signalled = Some(Instant::now());
+                }
+                Some(t) if t.elapsed() > Duration::from_secs(5) => {
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                Some(_) => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Reaped by wait4: the Child must not be waited for again.
+    drop(child);
+    check_interrupted()?;
+    if signalled.is_some() {
+        bail!("{name}: still running after {} s, stopped", limit.as_secs());
+    }
+    Ok(Finished {
+        status,
+        rss_kib,
+        cpu_s,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+    })
+}
+
+fn unit(mode: &str) -> &'static str {
+    if mode == "keep-alive" { "req" } else { "conn" }
+}
+
+fn median(samples: &[Sample]) -> Option<f64> {
+    median_of(samples.iter().map(|s| s.value))
+}
+
+fn median_of(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+/// 12345.6 → "12,346".
+fn thousands(x: f64) -> String {
+    let s = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// A ratio row: name, value, target, and whether a value meets the target.
+type Row = (String, Option<f64>, &'static str, fn(f64) -> bool);
+
+/// The results as Markdown tables (pasted into the README as they are).
+fn render(
+    env: &Env,
+    args: &BenchArgs,
+    samples: &BTreeMap<(&str, Tool), Vec<Sample>>,
+    oha_missing: Option<&String>,
+    rss: Option<&Rss>,
+) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "{}\n", env.headline(args));
+    let _ = writeln!(
+        t,
+        "| mode | contender | median | runs | errors | client CPU / req | nginx worker CPU | peak RSS |\n\
+         |---|---|---:|---|---:|---:|---:|---:|"
+    );
+    for mode in MODES {
+        for tool in [
+            Tool::Probe,
+            Tool::NoProbe,
+            Tool::Wrk,
+            Tool::Oha,
+            Tool::Reference,
+        ] {
+            let Some(s) = samples.get(&(mode, tool)) else {
+                continue;
+            };
+            let runs: Vec<String> = s.iter().map(|s| thousands(s.value)).collect();
+            let rss = s.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+            let cpu = median_of(s.iter().map(|s| s.cpu_us_per_req));
+            let nginx = median_of(s.iter().filter_map(|s| s.nginx_cores));
+            let _ = writeln!(
+                t,
+                "| {mode} | {} | {} {}/s | {} | {} | {} | {} | {:.1} MiB |",
+                tool.label(),
+                thousands(median(s).unwrap_or(0.0)),
+                unit(mode),
+                runs.join(" / "),
+                s.iter().map(|s| s.errors).sum::<u64>(),
+                cpu.map_or("?".into(), |c| format!("{c:.1} µs")),
+                nginx.map_or("?".into(), |c| format!("{:.0} %", c * 100.0)),
+                rss as f64 / 1024.0
+            );
+        }
+    }
+    if let Some(why) = oha_missing {
+        let _ = writeln!(t, "\noha: {why}");
+    }
+
+    let m = |mode: &str, tool: Tool| samples.get(&(mode, tool)).and_then(|s| median(s));
+    let mut rows: Vec<Row> = Vec::new();
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    rows.push((
+        "loadprobe (probe) / wrk, server-close".into(),
+        ratio(m("server-close", Tool::Probe), m("server-close", Tool::Wrk)),
+        "≥ 1.0",
+        |r| r >= 1.0,
+    ));
+    for mode in ["client-close", "server-close"] {
+        rows.push((
+            format!("loadprobe (probe) / reference loop, {mode}"),
+            ratio(m(mode, Tool::Probe), m(mode, Tool::Reference)),
+            "≥ 0.95",
+            |r| r >= 0.95,
+        ));
+    }
+    rows.push((
+        "loadprobe (probe) / wrk, keep-alive".into(),
+        ratio(m("keep-alive", Tool::Probe), m("keep-alive", Tool::Wrk)),
+        "≥ 0.9",
+        |r| r >= 0.9,
+    ));
+    for mode in MODES {
+        rows.push((
+            format!("probe on / off, {mode}"),
+            ratio(m(mode, Tool::Probe), m(mode, Tool::NoProbe)),
+            "≥ 0.97",
+            |r| r >= 0.97,
+        ));
+    }
+    let mut rss_note = String::new();
+    if let Some(rss) = rss {
+        if let [small, large] = &rss.runs[..] {
+            rows.push((
+                format!("peak RSS 1M / 100k connections, {}", rss.mode),
+                (small.peak_kib > 0).then(|| large.peak_kib as f64 / small.peak_kib as f64),
+                "within ±10%",
+                |r| (0.9..=1.1).contains(&r),
+            ));
+            let mib = |k: u64| k as f64 / 1024.0;
+            rss_note = format!(
+                "\npeak RSS of loadprobe (probe {}), {}: {} connections {:.1} MiB, {} \
+                 connections {:.1} MiB\n",
+                if small.attached && large.attached {
+                    "attached"
+                } else {
+                    "NOT attached"
+                },
+                rss.mode,
+                thousands(small.connections as f64),
+                mib(small.peak_kib),
+                thousands(large.connections as f64),
+                mib(large.peak_kib),
+            );
+        }
+    }
+    let _ = writeln!(
+        t,
+        "\n| ratio (of medians) | value | target | |\n|---|---:|---|---|"
+    );
+    for (name, value, target, pass) in &rows {
+        let (v, verdict) = match value {
+            Some(r) => (format!("{r:.3}"), if pass(*r) { "PASS" } else { "MISS" }),
+            None => ("n/a".into(), "n/a"),
+        };
+        let _ = writeln!(t, "| {name} | {v} | {target} | {verdict} |");
+    }
+    for mode in ["server-close", "keep-alive"] {
+        if let Some(r) = ratio(m(mode, Tool::Probe), m(mode, Tool::Oha)) {
+            let _ = writeln!(t, "| loadprobe (probe) / oha, {mode} | {r:.3} | (none) | |");
+        }
+    }
+    t.push_str(&rss_note);
+    t
+}
