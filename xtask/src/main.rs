@@ -72,7 +72,7 @@ fn main_inner() -> Result<ExitCode> {
         Task::Setup => setup().map(|()| ExitCode::SUCCESS),
         Task::Test { args } => {
             setup()?;
-            test(&args)
+            test(&root, &args)
         }
         Task::Run { args } => {
             setup()?;
@@ -94,10 +94,27 @@ fn repo_root() -> PathBuf {
 fn setup() -> Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()?;
+    ensure_cargo_fuzz()?;
     let root_user = is_root();
     ensure_apt_packages(root_user)?;
     ensure_tracefs(root_user)?;
     Ok(())
+}
+
+/// `cargo fuzz` (crates.io) runs the record reader's fuzz target in `cargo xtask test`.
+fn ensure_cargo_fuzz() -> Result<()> {
+    let present = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        println!("setup: cargo-fuzz: present");
+        return Ok(());
+    }
+    println!("setup: cargo-fuzz: installing");
+    status(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
 /// The eBPF crate is built with `-Z build-std=core`, which needs nightly's rust-src.
@@ -271,7 +288,7 @@ fn ensure_tracefs(root_user: bool) -> Result<()> {
 }
 
 /// Builds loadprobe in the profile the tests use (they run its binary), then runs the tests.
-fn test(args: &[String]) -> Result<ExitCode> {
+fn test(root: &Path, args: &[String]) -> Result<ExitCode> {
     // Only cargo's own options (before `--`) choose the profile.
     let cargo_args = args.split(|a| a == "--").next().unwrap_or_default();
     let mut build = Command::new("cargo");
@@ -286,17 +303,45 @@ fn test(args: &[String]) -> Result<ExitCode> {
     status(&mut build)?;
     let mut test = Command::new("cargo");
     test.arg("test");
-    // The whole workspace unless packages are named; the eBPF crate only builds for BPF.
-    if !cargo_args
+    // The whole workspace (and the fuzz run) unless packages are named; the eBPF crate only
+    // builds for BPF.
+    let whole = !cargo_args
         .iter()
-        .any(|a| a.starts_with("-p") || a.starts_with("--package"))
-    {
+        .any(|a| a.starts_with("-p") || a.starts_with("--package"));
+    if whole {
         test.args(["--workspace", "--exclude", "loadprobe-ebpf"]);
     }
     let code = test
         .args(args)
         .status()
         .context("running cargo test")?
+        .code()
+        .unwrap_or(1);
+    if code != 0 || !whole {
+        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+    }
+    fuzz(root)
+}
+
+/// How long `cargo xtask test` fuzzes the record reader; `LOADPROBE_FUZZ_SECS` changes it.
+const FUZZ_SECS: u32 = 30;
+
+/// A bounded run of the record reader's fuzz target (bad record files must never panic).
+fn fuzz(root: &Path) -> Result<ExitCode> {
+    let secs = std::env::var("LOADPROBE_FUZZ_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(FUZZ_SECS);
+    if secs == 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("xtask: fuzzing the record reader for {secs} s");
+    let code = Command::new("cargo")
+        .current_dir(root.join("fuzz"))
+        .args(["+nightly", "fuzz", "run", "record_reader", "--"])
+        .arg(format!("-max_total_time={secs}"))
+        .status()
+        .context("running cargo fuzz")?
         .code()
         .unwrap_or(1);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
