@@ -137,15 +137,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     let fd_limit = limits::raise_nofile_limit().context("cannot raise RLIMIT_NOFILE")?;
     let (config, embedded) = plan(&args, fd_limit)?;
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::runtime(args.threads)?;
     let mut records = Vec::new();
     for i in 1..=args.repeat {
         let record = runtime.block_on(run(config.clone(), embedded, !args.no_probe))?;

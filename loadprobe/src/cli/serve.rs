@@ -37,15 +37,7 @@ pub fn main(args: ServeArgs) -> anyhow::Result<ExitCode> {
         latency: Duration::from_millis(args.latency),
         close_after: args.close_after.filter(|n| *n > 0),
     };
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::runtime(args.threads)?;
     runtime.block_on(async {
         let server = Server::bind(&config)?;
         let stats = server.stats();

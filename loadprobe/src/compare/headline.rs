@@ -6,6 +6,7 @@ use super::Run;
 use super::format::{number, percent};
 use super::metrics::{lookup, repetition_value};
 use super::noise::{Noise, assess};
+use crate::probe::track::Closer;
 
 /// The headline: an optional one-sentence verdict and labelled lines.
 #[derive(Debug, Clone, PartialEq)]
@@ -249,15 +250,7 @@ fn noise(runs: &[Run], path: &str) -> Noise {
 /// `client 100.0% → 0.0%, server 0.0% → 100.0%`: each closer seen in any run, as a share of
 /// the connections whose closer was counted.
 fn closer_shares(runs: &[Run]) -> String {
-    let kinds = [
-        "client",
-        "server",
-        "simultaneous",
-        "client-reset",
-        "server-reset",
-        "refused",
-        "unknown",
-    ];
+    let kinds = Closer::ALL.map(Closer::name);
     let share = |r: &Run, kind: &str| -> Option<f64> {
         let closer = r.json.pointer("/connections/closer")?.as_object()?;
         let total: f64 = closer.values().filter_map(|v| v.as_f64()).sum();

@@ -7,6 +7,7 @@ use super::Run;
 use super::format::{change, number};
 use super::metrics::{lookup, repetition_value};
 use super::noise::{Noise, assess};
+use crate::probe::track::Closer;
 
 /// Which way is better for a metric, to colour its changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,15 +131,7 @@ pub fn sections(runs: &[Run]) -> Vec<Section> {
     }
 
     let mut connections = vec![n("connections.opened", Better::Neither)];
-    for closer in [
-        "client",
-        "server",
-        "simultaneous",
-        "client-reset",
-        "server-reset",
-        "refused",
-        "unknown",
-    ] {
+    for closer in Closer::ALL.map(Closer::name) {
         connections.push(n(&format!("connections.closer.{closer}"), Better::Neither));
     }
     connections.push(n("connections.mismatches", Better::Lower));
