@@ -254,7 +254,7 @@ fn netns_path(name: &str) -> PathBuf {
 }
 
 /// Names end up as files in /run/netns and in `ip` command lines: keep them plain.
-fn validate_prefix(prefix: &str) -> Result<(), TuneError> {
+pub(crate) fn validate_prefix(prefix: &str) -> Result<(), TuneError> {
     let why = if prefix.is_empty() || prefix.len() > 32 {
         Some("must be 1 to 32 characters")
     } else if !prefix.starts_with(|c: char| c.is_ascii_alphanumeric()) {

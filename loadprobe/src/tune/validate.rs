@@ -264,26 +264,10 @@ pub fn validate(
     })
 }
 
-/// The prefix becomes namespace names (`<prefix>-a-c`, within the topology's 32 characters)
-/// and a lock file name: plain characters only.
+/// The prefix becomes namespace names (`<prefix>-a-c`, within the topology's limits) and a lock
+/// file name: the topology's own check, applied to the longest prefix it will be given.
 fn check_prefix(prefix: &str) -> Result<(), ValidateError> {
-    let plain = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-    let why = if prefix.is_empty() || prefix.len() > 30 {
-        Some("must be 1 to 30 characters")
-    } else if !prefix.starts_with(|c: char| c.is_ascii_alphanumeric()) || !prefix.chars().all(plain)
-    {
-        Some("letters, digits, '-' and '_' only, starting with a letter or digit")
-    } else {
-        None
-    };
-    match why {
-        Some(why) => Err(TuneError::InvalidPrefix {
-            prefix: prefix.to_string(),
-            why,
-        }
-        .into()),
-        None => Ok(()),
-    }
+    Ok(super::netns::validate_prefix(&format!("{prefix}-a"))?)
 }
 
 /// A fresh topology for `variant` with its sysctls written.
