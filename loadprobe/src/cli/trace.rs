@@ -130,11 +130,12 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
     if live && verify.is_none() {
         eprintln!();
     }
-    let summary = Summary::new(
+    let mut summary = Summary::new(
         tracker.totals(),
         probe.lost_events(),
         probe.timewait_unavailable(),
     );
+    summary.skipped_events = probe.skipped_events();
     let verify = verify.map(Verify::result);
     match args.format {
         Format::Jsonl => {
@@ -217,7 +218,12 @@ fn write_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
     } else {
         writeln!(out, "TIME_WAIT: unavailable")?;
     }
-    writeln!(out, "lost events: {}", s.lost_events)
+    writeln!(out, "lost events: {}", s.lost_events)?;
+    writeln!(
+        out,
+        "skipped events: {} (kernel skipped a probe program nested in another BPF program)",
+        s.skipped_events
+    )
 }
 
 /// The kernel's timewait sockets of this namespace, limited to `ports` if any are given.

@@ -68,6 +68,8 @@ pub struct Probe {
     _ebpf: Ebpf,
     events: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
+    /// The attached programs, to ask the kernel how often it skipped them.
+    program_fds: Vec<std::os::fd::OwnedFd>,
     netns: u32,
     timewait: Result<(), String>,
 }
@@ -130,6 +132,7 @@ impl Probe {
         } else {
             &[]
         };
+        let mut program_fds = Vec::new();
         for (category, name) in SOCKET_PROGRAMS.iter().chain(timewait_programs) {
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
@@ -140,6 +143,8 @@ impl Probe {
             program
                 .attach(category, name)
                 .map_err(|e| ProbeError::Attach(name, error_chain(&e)))?;
+            let fd = program.fd().map_err(|e| ProbeError::Load(e.to_string()))?;
+            program_fds.push(fd.as_fd().try_clone_to_owned().map_err(ProbeError::Read)?);
         }
 
         let take = |ebpf: &mut Ebpf, name: &str| {
@@ -154,6 +159,7 @@ impl Probe {
             _ebpf: ebpf,
             events,
             lost,
+            program_fds,
             netns,
             timewait: timewait.map(|_| ()),
         })
@@ -201,12 +207,50 @@ impl Probe {
     }
 
     /// Events the kernel side dropped because the ring buffer was full.
+    /// Events dropped because the ring buffer was full.
     pub fn lost_events(&self) -> u64 {
         self.lost
             .get(&0, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }
+
+    /// Tracepoint hits the kernel skipped because another BPF program (any, not only ours) was
+    /// running on that CPU: classic tracepoint programs do not nest (`bpf_prog_active`). An
+    /// upper bound on events missed: the timer programs also count skipped hits of timers that
+    /// are not timewait timers.
+    pub fn skipped_events(&self) -> u64 {
+        self.program_fds.iter().map(recursion_misses).sum()
+    }
+}
+
+/// How many times the kernel skipped this program because another BPF program was running on
+/// the CPU (aya 0.14 does not expose the field, so this asks with `BPF_OBJ_GET_INFO_BY_FD`).
+fn recursion_misses(fd: &std::os::fd::OwnedFd) -> u64 {
+    use aya_obj::generated::{bpf_cmd, bpf_prog_info};
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain C data; all zeroes is a valid value.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<bpf_prog_info>() as u32,
+        info: std::ptr::addr_of_mut!(info) as u64,
+    };
+    // SAFETY: the attribute points at a live, correctly sized buffer for the kernel to fill.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            std::ptr::addr_of!(attr),
+            size_of::<InfoAttr>(),
+        )
+    };
+    if rc == 0 { info.recursion_misses } else { 0 }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of the events' `ts_ns` (`bpf_ktime_get_ns`).

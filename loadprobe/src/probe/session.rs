@@ -110,12 +110,14 @@ fn read(mut probe: Probe, stop: &AtomicBool, live: &Live) -> Result<SessionRepor
     probe.poll(Duration::ZERO, |e| tracker.event(e))?;
     tracker.flush(monotonic_ns());
     tracker.drain().for_each(drop);
+    let mut summary = Summary::new(
+        tracker.totals(),
+        probe.lost_events(),
+        probe.timewait_unavailable(),
+    );
+    summary.skipped_events = probe.skipped_events();
     Ok(SessionReport {
-        summary: Summary::new(
-            tracker.totals(),
-            probe.lost_events(),
-            probe.timewait_unavailable(),
-        ),
+        summary,
         time_wait_timeline: timeline,
     })
 }

@@ -75,7 +75,12 @@ pub struct Summary {
     pub connections: u64,
     /// Counts by closer, every closer named even when zero.
     pub closer: BTreeMap<String, u64>,
+    /// Dropped because the ring buffer was full.
     pub lost_events: u64,
+    /// Skipped by the kernel because another BPF program was running on the CPU (an upper
+    /// bound, see `Probe::skipped_events`); set by the caller, which owns the probe.
+    #[serde(default)]
+    pub skipped_events: u64,
     pub time_wait: TimeWaitSummary,
 }
 
@@ -101,6 +106,7 @@ impl Summary {
             connections: closer.values().sum(),
             closer,
             lost_events,
+            skipped_events: 0,
             time_wait: TimeWaitSummary {
                 available: timewait_unavailable.is_none(),
                 unavailable_reason: timewait_unavailable.map(str::to_string),
