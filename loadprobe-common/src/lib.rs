@@ -51,12 +51,6 @@ pub struct Event {
     pub ts_ns: u64,
     /// Kernel address of the full socket (`SET_STATE`, `RST_*`) or of the timewait socket (`TW_*`).
     pub addr: u64,
-    /// Timewait events: the timer's `expires`; `TW_START` also fills `bucket_expiry`.
-    pub expires: u64,
-    /// `TW_START`: the wheel bucket's expiry in jiffies: when the timer really fires.
-    pub bucket_expiry: u64,
-    /// Timewait events: jiffies at the event (`TW_CANCEL`: 0, the tracepoint does not carry it).
-    pub now: u64,
     /// Network namespace inode of the socket.
     pub netns: u32,
     /// Local and remote port, host byte order.
@@ -91,40 +85,17 @@ pub struct Offsets {
     pub skc_v6_rcv_saddr: u16,
     /// `struct net` -> `ns.inum`.
     pub net_inum: u16,
+    /// `struct sock` (full sockets only).
+    pub sk_protocol: u16,
     /// `struct inet_timewait_sock`.
     pub tw_substate: u16,
     pub tw_timer: u16,
     /// `struct timer_list`.
     pub timer_function: u16,
-    pub timer_expires: u16,
-    // Tracepoint records (`struct trace_event_raw_*`).
-    pub sss_skaddr: u16,
-    pub sss_oldstate: u16,
-    pub sss_newstate: u16,
-    pub sss_sport: u16,
-    pub sss_dport: u16,
-    pub sss_family: u16,
-    pub sss_protocol: u16,
-    pub sss_saddr: u16,
-    pub sss_daddr: u16,
-    pub sss_saddr_v6: u16,
-    pub sss_daddr_v6: u16,
-    pub start_timer: u16,
-    pub start_function: u16,
-    pub start_expires: u16,
-    pub start_bucket_expiry: u16,
-    pub start_now: u16,
-    pub cancel_timer: u16,
-    pub expire_timer: u16,
-    pub expire_now: u16,
-    pub expire_function: u16,
-    /// `tcp_send_reset` and `tcp_receive_reset` (`trace_event_raw_tcp_event_sk`).
-    pub rst_sent_skaddr: u16,
-    pub rst_received_skaddr: u16,
-    pub _pad: u16,
+    pub _pad: [u16; 3],
 }
 
-/// Run-time configuration of the programs, written into the `CONFIG` map before attaching.
+/// Run-time configuration of the programs, patched into the object before loading.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -154,8 +125,8 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<Event>(), 88);
-        assert_eq!(core::mem::size_of::<Offsets>(), 72);
-        assert_eq!(core::mem::size_of::<Config>(), 88);
+        assert_eq!(core::mem::size_of::<Event>(), 64);
+        assert_eq!(core::mem::size_of::<Offsets>(), 32);
+        assert_eq!(core::mem::size_of::<Config>(), 48);
     }
 }

@@ -62,6 +62,9 @@ fn check_mode(record: &Value, mode: &str) {
         record["probe"]
     );
     assert_eq!(num(record, "probe.lost_events"), 0);
+    // Reported, whatever it is: a program interrupted by a hit of its own tracepoint is rare,
+    // and the burst test in timewait.rs holds the probe to the kernel's exact count.
+    num(record, "probe.skipped_events");
 
     let (closer, tw_side) = match mode {
         "client-close" | "keep-alive" => ("client", Some("client")),

@@ -132,7 +132,6 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<ExitCode> {
     ensure_packages()?;
     super::ensure_rust_src()?;
     super::ensure_bpf_linker()?;
-    super::ensure_tracefs(super::is_root())?;
     let oha = ensure_oha();
     let (loadprobe, reference) = build(root)?;
     check_interrupted()?;

@@ -1,7 +1,7 @@
 //! Developer tasks for loadprobe: `cargo xtask setup|test|run|lint|bench`.
 //!
 //! `setup` provisions everything the build and the tests need (nightly rust-src, a bpf-linker
-//! linked against nightly's own libLLVM, a few Debian packages, tracefs). It is idempotent and
+//! linked against nightly's own libLLVM, a few Debian packages). It is idempotent and
 //! takes seconds when the machine is already provisioned; `test` and `run` call it first.
 
 use anyhow::{Context, Result, bail};
@@ -37,7 +37,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Provision this machine (idempotent): rust-src, bpf-linker, apt packages, tracefs.
+    /// Provision this machine (idempotent): rust-src, bpf-linker, apt packages.
     Setup,
     /// Setup, build loadprobe, then `cargo test --workspace` (extra arguments go to cargo test).
     Test {
@@ -97,7 +97,6 @@ fn setup() -> Result<()> {
     ensure_cargo_fuzz()?;
     let root_user = is_root();
     ensure_apt_packages(root_user)?;
-    ensure_tracefs(root_user)?;
     Ok(())
 }
 
@@ -272,19 +271,6 @@ fn apt_has_candidate(package: &str) -> bool {
             .filter_map(|l| l.trim().strip_prefix("Candidate:"))
             .any(|c| c.trim() != "(none)")
     })
-}
-
-/// The tracepoint programs need tracefs (loadprobe mounts it too; doing it here is harmless).
-fn ensure_tracefs(root_user: bool) -> Result<()> {
-    if Path::new("/sys/kernel/tracing/events").exists() {
-        println!("setup: tracefs: mounted");
-    } else if !root_user {
-        println!("setup: tracefs: not mounted, skipped (not root)");
-    } else {
-        println!("setup: tracefs: mounting on /sys/kernel/tracing");
-        status(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))?;
-    }
-    Ok(())
 }
 
 /// Builds loadprobe in the profile the tests use (they run its binary), then runs the tests.

@@ -72,7 +72,7 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         }
         (true, None) => {
             // What existed before the probe: the kernel's list, read once the probe is attached.
-            probe.poll(Duration::ZERO, |e| tracker.event(e))?;
+            probe.poll(Duration::ZERO, |e| tracker.event(e));
             let before = kernel_timewait(&args.ports)?;
             tracker.set_baseline(before.into_iter().map(|tw| (tw.local, tw.remote)));
             Some(Verify::default())
@@ -97,12 +97,12 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut last_second = Instant::now();
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-        probe.poll(Duration::from_millis(100), |e| {
+        probe.poll(Probe::DRAIN_EVERY, |e| {
             if args.debug_events {
                 eprintln!("{e:?}");
             }
             tracker.event(e)
-        })?;
+        });
         tracker.tick(monotonic_ns());
         emit(&mut out, args.format, tracker.drain())?;
         if last_second.elapsed() < Duration::from_secs(1) {
@@ -111,7 +111,7 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         last_second = Instant::now();
         if let Some(verify) = &mut verify {
             // Take in what the kernel did up to now, then ask it for its count.
-            probe.poll(Duration::ZERO, |e| tracker.event(e))?;
+            probe.poll(Duration::ZERO, |e| tracker.event(e));
             tracker.tick(monotonic_ns());
             let sample = verify.sample(tracker.timewait_gauge(), kernel_count(&args.ports)?);
             match args.format {
@@ -124,7 +124,7 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         }
     }
     // Events already in the ring buffer belong to this trace.
-    probe.poll(Duration::ZERO, |e| tracker.event(e))?;
+    probe.poll(Duration::ZERO, |e| tracker.event(e));
     tracker.flush(monotonic_ns());
     emit(&mut out, args.format, tracker.drain())?;
     if live && verify.is_none() {
@@ -221,7 +221,7 @@ fn write_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
     writeln!(out, "lost events: {}", s.lost_events)?;
     writeln!(
         out,
-        "skipped events: {} (kernel skipped a probe program nested in another BPF program)",
+        "skipped events: {} (a probe program interrupted by a hit of its own tracepoint)",
         s.skipped_events
     )
 }

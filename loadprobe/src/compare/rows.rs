@@ -196,6 +196,7 @@ pub fn sections(runs: &[Run]) -> Vec<Section> {
                 }
             }),
             n("probe.lost_events", Better::Lower),
+            n("probe.skipped_events", Better::Lower),
         ],
     });
 

@@ -128,6 +128,7 @@ pub(crate) fn record(mode: Mode, latencies_us: &[u64], started_at_ms: u64, secs:
         attached: true,
         reason: None,
         lost_events: Some(0),
+        skipped_events: Some(0),
         closer: Some(closer),
         mismatches: Some(0),
         time_wait_client: Some(client),

@@ -13,8 +13,10 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Offsets for the full-socket events (`inet_sock_set_state`, resets): always needed.
 pub fn socket_offsets(btf: &Btf) -> Result<Offsets, ProbeError> {
+    for (tracepoint, args) in SOCKET_TRACEPOINTS {
+        check_tracepoint(btf, tracepoint, args)?;
+    }
     let sk = |path: &str| offset(btf, "sock_common", path);
-    let sss = |path: &str| offset(btf, "trace_event_raw_inet_sock_set_state", path);
     Ok(Offsets {
         skc_daddr: sk("skc_daddr")?,
         skc_rcv_saddr: sk("skc_rcv_saddr")?,
@@ -25,19 +27,7 @@ pub fn socket_offsets(btf: &Btf) -> Result<Offsets, ProbeError> {
         skc_v6_daddr: sk("skc_v6_daddr")?,
         skc_v6_rcv_saddr: sk("skc_v6_rcv_saddr")?,
         net_inum: offset(btf, "net", "ns.inum")?,
-        sss_skaddr: sss("skaddr")?,
-        sss_oldstate: sss("oldstate")?,
-        sss_newstate: sss("newstate")?,
-        sss_sport: sss("sport")?,
-        sss_dport: sss("dport")?,
-        sss_family: sss("family")?,
-        sss_protocol: sss("protocol")?,
-        sss_saddr: sss("saddr")?,
-        sss_daddr: sss("daddr")?,
-        sss_saddr_v6: sss("saddr_v6")?,
-        sss_daddr_v6: sss("daddr_v6")?,
-        rst_sent_skaddr: offset(btf, "trace_event_raw_tcp_send_reset", "skaddr")?,
-        rst_received_skaddr: offset(btf, "trace_event_raw_tcp_event_sk", "skaddr")?,
+        sk_protocol: offset(btf, "sock", "sk_protocol")?,
         ..Offsets::default()
     })
 }
@@ -46,6 +36,9 @@ pub fn socket_offsets(btf: &Btf) -> Result<Offsets, ProbeError> {
 /// `tw_timer` (a `delayed_work` replaced it in an RFC patch) fails here, and the probe carries
 /// on without TIME_WAIT tracking.
 pub fn timewait_offsets(btf: &Btf, offsets: &mut Offsets) -> Result<(), ProbeError> {
+    for (tracepoint, args) in TIMER_TRACEPOINTS {
+        check_tracepoint(btf, tracepoint, args)?;
+    }
     let timer_list = member_type_name(btf, "inet_timewait_sock", "tw_timer")?;
     if timer_list != "timer_list" {
         return Err(ProbeError::Btf(format!(
@@ -55,19 +48,78 @@ pub fn timewait_offsets(btf: &Btf, offsets: &mut Offsets) -> Result<(), ProbeErr
     offsets.tw_substate = offset(btf, "inet_timewait_sock", "tw_substate")?;
     offsets.tw_timer = offset(btf, "inet_timewait_sock", "tw_timer")?;
     offsets.timer_function = offset(btf, "timer_list", "function")?;
-    offsets.timer_expires = offset(btf, "timer_list", "expires")?;
-    let start = |path: &str| offset(btf, "trace_event_raw_timer_start", path);
-    offsets.start_timer = start("timer")?;
-    offsets.start_function = start("function")?;
-    offsets.start_expires = start("expires")?;
-    offsets.start_bucket_expiry = start("bucket_expiry")?;
-    offsets.start_now = start("now")?;
-    offsets.cancel_timer = offset(btf, "trace_event_raw_timer_class", "timer")?;
-    let expire = |path: &str| offset(btf, "trace_event_raw_timer_expire_entry", path);
-    offsets.expire_timer = expire("timer")?;
-    offsets.expire_now = expire("now")?;
-    offsets.expire_function = expire("function")?;
     Ok(())
+}
+
+/// The raw tracepoints the socket programs attach to, with the leading arguments they read
+/// (`ctx.arg(n)` in `loadprobe-ebpf`), as BTF spells their types.
+pub const SOCKET_TRACEPOINTS: &[(&str, &[&str])] = &[
+    ("inet_sock_set_state", &["struct sock *", "int", "int"]),
+    ("tcp_send_reset", &["struct sock *"]),
+    ("tcp_receive_reset", &["struct sock *"]),
+];
+
+/// The raw tracepoints of the timewait timer programs; all pass the timer first.
+pub const TIMER_TRACEPOINTS: &[(&str, &[&str])] = &[
+    ("timer_start", &["struct timer_list *"]),
+    ("timer_cancel", &["struct timer_list *"]),
+    ("timer_expire_entry", &["struct timer_list *"]),
+];
+
+/// Checks that a raw tracepoint passes the arguments the program reads. Raw tracepoint programs
+/// see the tracepoint's C arguments, which are not a stable ABI: the kernel describes them in
+/// BTF as `typedef void (*btf_trace_<name>)(void *, <arguments>)`.
+pub fn check_tracepoint(btf: &Btf, name: &str, expected: &[&str]) -> Result<(), ProbeError> {
+    let actual = tracepoint_args(btf, name)?;
+    if actual.len() < expected.len() || actual[..expected.len()] != *expected {
+        return Err(ProbeError::Btf(format!(
+            "tracepoint {name} passes ({}), the probe expects ({}, ...)",
+            actual.join(", "),
+            expected.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The argument types of raw tracepoint `name`, without the leading `void *` every one has.
+fn tracepoint_args(btf: &Btf, name: &str) -> Result<Vec<String>, ProbeError> {
+    let typedef = format!("btf_trace_{name}");
+    let missing = || ProbeError::Btf(format!("the kernel has no tracepoint {name}"));
+    let ty = btf
+        .resolve_types_by_name(&typedef)
+        .map_err(|_| missing())?
+        .into_iter()
+        .find(|t| matches!(t, Type::Typedef(_)))
+        .ok_or_else(missing)?;
+    let Type::Ptr(ptr) = strip(btf, ty)? else {
+        return Err(missing());
+    };
+    let Type::FuncProto(proto) = btf.resolve_chained_type(&ptr).map_err(btf_err)? else {
+        return Err(missing());
+    };
+    proto
+        .parameters
+        .iter()
+        .skip(1)
+        .map(|p| describe(btf, btf.resolve_chained_type(p).map_err(btf_err)?))
+        .collect()
+}
+
+/// A C-like spelling of a type, through typedefs and qualifiers: `struct sock *`, `int`.
+fn describe(btf: &Btf, ty: Type) -> Result<String, ProbeError> {
+    Ok(match strip(btf, ty)? {
+        Type::Ptr(p) => {
+            let pointee = btf.resolve_chained_type(&p).map_err(btf_err)?;
+            format!("{} *", describe(btf, pointee)?)
+        }
+        Type::Struct(s) => format!("struct {}", btf.resolve_name(&s).map_err(btf_err)?),
+        Type::Union(u) => format!("union {}", btf.resolve_name(&u).map_err(btf_err)?),
+        Type::Enum(e) => format!("enum {}", btf.resolve_name(&e).map_err(btf_err)?),
+        Type::Enum64(e) => format!("enum {}", btf.resolve_name(&e).map_err(btf_err)?),
+        Type::Int(i) => btf.resolve_name(&i).map_err(btf_err)?,
+        Type::Void => "void".to_string(),
+        other => other.name().to_string(),
+    })
 }
 
 /// Byte offset of `path` (dot-separated members) inside `struct name`. Members of anonymous
@@ -168,12 +220,38 @@ mod tests {
         assert_eq!(o.skc_daddr, 0);
         assert_eq!(o.skc_rcv_saddr, 4);
         assert_eq!(o.skc_num, o.skc_dport + 2);
-        // trace_event_raw_* start with an 8-byte struct trace_entry.
-        assert_eq!(o.start_timer, 8);
-        assert_eq!(o.cancel_timer, 8);
-        assert_eq!(o.sss_skaddr, 8);
+        // struct sock starts with its sock_common.
+        assert!(usize::from(o.sk_protocol) > usize::from(o.skc_v6_rcv_saddr) + 16);
         assert!(o.tw_timer > o.tw_substate);
-        assert_eq!(o.timer_function, o.timer_expires + 8);
+        // timer_list: entry (two pointers), expires, then function.
+        assert_eq!(o.timer_function, 24);
+    }
+
+    /// The prototypes as 6.18 declares them (include/trace/events/{sock,tcp,timer}.h).
+    #[test]
+    fn reads_tracepoint_prototypes() {
+        let Some(btf) = vmlinux() else {
+            return;
+        };
+        assert_eq!(
+            tracepoint_args(&btf, "inet_sock_set_state").unwrap(),
+            ["struct sock *", "int", "int"]
+        );
+        assert_eq!(
+            tracepoint_args(&btf, "timer_start").unwrap(),
+            ["struct timer_list *", "long unsigned int"]
+        );
+        assert_eq!(
+            tracepoint_args(&btf, "tcp_send_reset").unwrap()[..2],
+            ["struct sock *", "struct sk_buff *"]
+        );
+        let err = check_tracepoint(&btf, "timer_cancel", &["struct sock *"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel type information (BTF): tracepoint timer_cancel passes (struct timer_list *), \
+             the probe expects (struct sock *, ...)"
+        );
+        assert!(tracepoint_args(&btf, "no_such_tracepoint").is_err());
     }
 
     #[test]

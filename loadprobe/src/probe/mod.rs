@@ -13,14 +13,13 @@ pub mod track;
 
 use std::{
     os::fd::{AsFd, AsRawFd},
-    path::Path,
     time::Duration,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::RawTracePoint,
 };
 use loadprobe_common::{Config, Event};
 
@@ -34,8 +33,6 @@ pub enum ProbeError {
     Privileges(String),
     #[error("kernel type information (BTF): {0}")]
     Btf(String),
-    #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {0}")]
-    Tracefs(std::io::Error),
     #[error("loading the eBPF programs failed: {0}")]
     Load(String),
     #[error("attaching to tracepoint {0} failed: {1}")]
@@ -74,22 +71,9 @@ pub struct Probe {
     timewait: Result<(), String>,
 }
 
-/// The tracepoints and the programs attached to them.
-const SOCKET_PROGRAMS: &[(&str, &str)] = &[
-    ("sock", "inet_sock_set_state"),
-    ("tcp", "tcp_send_reset"),
-    ("tcp", "tcp_receive_reset"),
-];
-const TIMEWAIT_PROGRAMS: &[(&str, &str)] = &[
-    ("timer", "timer_start"),
-    ("timer", "timer_cancel"),
-    ("timer", "timer_expire_entry"),
-];
-
 impl Probe {
     pub fn attach(options: &ProbeOptions) -> Result<Probe, ProbeError> {
         check_privileges()?;
-        ensure_tracefs()?;
         let btf = btf_rs::Btf::from_file(btf::VMLINUX_BTF)
             .map_err(|e| ProbeError::Btf(format!("{}: {e}", btf::VMLINUX_BTF)))?;
         let mut offsets = btf::socket_offsets(&btf)?;
@@ -127,21 +111,22 @@ impl Probe {
                 .map_err(|e| ProbeError::Load(e.to_string()))?;
         }
 
+        // Each program is named after the raw tracepoint it attaches to.
         let timewait_programs = if timewait.is_ok() {
-            TIMEWAIT_PROGRAMS
+            btf::TIMER_TRACEPOINTS
         } else {
             &[]
         };
         let mut program_fds = Vec::new();
-        for (category, name) in SOCKET_PROGRAMS.iter().chain(timewait_programs) {
-            let program: &mut TracePoint = ebpf
+        for (name, _) in btf::SOCKET_TRACEPOINTS.iter().chain(timewait_programs) {
+            let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| ProbeError::Load(format!("program {name} missing")))?
                 .try_into()
                 .map_err(|e: aya::programs::ProgramError| ProbeError::Load(e.to_string()))?;
             program.load().map_err(|e| load_error(&e))?;
             program
-                .attach(category, name)
+                .attach(name)
                 .map_err(|e| ProbeError::Attach(name, error_chain(&e)))?;
             let fd = program.fd().map_err(|e| ProbeError::Load(e.to_string()))?;
             program_fds.push(fd.as_fd().try_clone_to_owned().map_err(ProbeError::Read)?);
@@ -175,27 +160,15 @@ impl Probe {
         self.netns
     }
 
-    /// Waits up to `timeout`, then hands every event in the ring buffer to `each`; returns how
-    /// many there were. The kernel side wakes the reader only when a megabyte is waiting, so
-    /// this usually sleeps the whole `timeout`: call it with the latency you can accept.
-    pub fn poll(
-        &mut self,
-        timeout: Duration,
-        mut each: impl FnMut(&Event),
-    ) -> Result<usize, ProbeError> {
-        let mut pfd = libc::pollfd {
-            fd: self.events.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd for the duration of the call.
-        if unsafe { libc::poll(&mut pfd, 1, ms) } < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(ProbeError::Read(err));
-            }
-        }
+    /// How often readers should [`Probe::poll`]: the programs never wake the reader (a wakeup
+    /// per event cost a context switch each), so the ring is drained on this timer. 8 MiB of
+    /// ring is 130k events: 20 ms leaves room for 6 million events a second.
+    pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
+    /// Sleeps `wait`, then hands every event in the ring buffer to `each`; returns how many
+    /// there were.
+    pub fn poll(&mut self, wait: Duration, mut each: impl FnMut(&Event)) -> usize {
+        std::thread::sleep(wait);
         let mut n = 0;
         while let Some(item) = self.events.next() {
             if let Some(event) = event::decode(&item) {
@@ -203,11 +176,10 @@ impl Probe {
                 n += 1;
             }
         }
-        Ok(n)
+        n
     }
 
     /// Events the kernel side dropped because the ring buffer was full.
-    /// Events dropped because the ring buffer was full.
     pub fn lost_events(&self) -> u64 {
         self.lost
             .get(&0, 0)
@@ -215,17 +187,17 @@ impl Probe {
             .unwrap_or(0)
     }
 
-    /// Tracepoint hits the kernel skipped because another BPF program (any, not only ours) was
-    /// running on that CPU: classic tracepoint programs do not nest (`bpf_prog_active`). An
-    /// upper bound on events missed: the timer programs also count skipped hits of timers that
-    /// are not timewait timers.
+    /// Tracepoint hits the kernel skipped because the same program was already running on that
+    /// CPU (an interrupt arriving in the middle of it whose handler hit the same tracepoint):
+    /// raw tracepoint programs do not nest into themselves. An upper bound on events missed: the
+    /// timer programs also count skipped hits of timers that are not timewait timers.
     pub fn skipped_events(&self) -> u64 {
         self.program_fds.iter().map(recursion_misses).sum()
     }
 }
 
-/// How many times the kernel skipped this program because another BPF program was running on
-/// the CPU (aya 0.14 does not expose the field, so this asks with `BPF_OBJ_GET_INFO_BY_FD`).
+/// How many times the kernel skipped this program because it was already running on the CPU
+/// (aya 0.14 does not expose the field, so this asks with `BPF_OBJ_GET_INFO_BY_FD`).
 fn recursion_misses(fd: &std::os::fd::OwnedFd) -> u64 {
     use aya_obj::generated::{bpf_cmd, bpf_prog_info};
     #[repr(C)]
@@ -288,31 +260,6 @@ fn check_privileges() -> Result<(), ProbeError> {
     } else {
         Err(ProbeError::Privileges("this process has neither".into()))
     }
-}
-
-/// aya finds tracepoint ids in tracefs; many minimal systems do not mount it.
-fn ensure_tracefs() -> Result<(), ProbeError> {
-    const TRACEFS: &str = "/sys/kernel/tracing";
-    if Path::new(TRACEFS).join("events").exists()
-        || Path::new("/sys/kernel/debug/tracing/events").exists()
-    {
-        return Ok(());
-    }
-    let (source, target, fstype) = (c"nodev", c"/sys/kernel/tracing", c"tracefs");
-    // SAFETY: NUL-terminated strings and no data argument.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(ProbeError::Tracefs(std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// Address of a kernel symbol (static functions included) from /proc/kallsyms.

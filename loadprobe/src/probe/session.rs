@@ -81,7 +81,7 @@ fn read(mut probe: Probe, stop: &AtomicBool, live: &Live) -> Result<SessionRepor
     let mut next_second = Duration::from_secs(1);
     let mut stopping: Option<Instant> = None;
     loop {
-        probe.poll(Duration::from_millis(50), |e| tracker.event(e))?;
+        probe.poll(Probe::DRAIN_EVERY, |e| tracker.event(e));
         tracker.tick(monotonic_ns());
         tracker.drain().for_each(drop);
         let totals = tracker.totals();
@@ -107,7 +107,7 @@ fn read(mut probe: Probe, stop: &AtomicBool, live: &Live) -> Result<SessionRepor
             }
         }
     }
-    probe.poll(Duration::ZERO, |e| tracker.event(e))?;
+    probe.poll(Duration::ZERO, |e| tracker.event(e));
     tracker.flush(monotonic_ns());
     tracker.drain().for_each(drop);
     let mut summary = Summary::new(

@@ -12,10 +12,14 @@
 //!   `timer_expire_entry` on expiry; `timer_cancel` then `timer_start` on a visible reschedule;
 //!   `timer_cancel` alone on an early kill.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
 use loadprobe_common::{Event, kind, tcp_state as st};
+// Every event costs several lookups keyed by kernel addresses and 4-tuples: FxHash is several
+// times cheaper than SipHash there (it showed in profiles of churn), and SipHash's resistance to
+// crafted keys buys little when a remote peer controls at most its own address and port.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::Serialize;
 
 use super::event::endpoints;

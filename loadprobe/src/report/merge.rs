@@ -195,6 +195,7 @@ pub fn merge(records: &[RunRecord]) -> Result<RunRecord, MergeError> {
         probe: ProbeStatus {
             attached: records.iter().all(|r| r.probe.attached),
             lost_events: all(&|r| r.probe.lost_events),
+            skipped_events: all(&|r| r.probe.skipped_events),
             reason: records.iter().find_map(|r| r.probe.reason.clone()),
         },
         kernel: first.kernel.clone(),

@@ -286,6 +286,10 @@ pub struct TimeWait {
 pub struct ProbeStatus {
     pub attached: bool,
     pub lost_events: Option<u64>,
+    /// Tracepoint hits the kernel skipped (see [`crate::probe::Probe::skipped_events`]).
+    /// Absent in records written before it existed.
+    #[serde(default)]
+    pub skipped_events: Option<u64>,
     /// Why the probe is off (null when attached).
     pub reason: Option<String>,
 }
@@ -311,6 +315,7 @@ pub struct ProbeReport {
     /// Why the probe is not attached (one line, shown in the summary).
     pub reason: Option<String>,
     pub lost_events: Option<u64>,
+    pub skipped_events: Option<u64>,
     pub closer: Option<CloserCounts>,
     pub mismatches: Option<u64>,
     pub time_wait_client: Option<TimeWaitSide>,
@@ -369,6 +374,7 @@ impl ProbeReport {
                 .as_ref()
                 .map(|r| format!("TIME_WAIT tracking unavailable: {r}")),
             lost_events: Some(s.lost_events),
+            skipped_events: Some(s.skipped_events),
             mismatches: Some(s.connections - closer.unknown - expected),
             closer: Some(closer),
             time_wait_client: tw.then(|| side(&s.time_wait.client)),
@@ -469,6 +475,7 @@ impl RunRecord {
             probe: ProbeStatus {
                 attached: probe.attached,
                 lost_events: probe.lost_events,
+                skipped_events: probe.skipped_events,
                 reason: if probe.attached { None } else { probe.reason },
             },
             kernel,

@@ -139,6 +139,7 @@ fn record_has_the_contract_keys() {
     assert_eq!(at("time_wait.source"), "sock_diag");
     assert_eq!(at("probe.attached"), false);
     assert_eq!(at("probe.lost_events"), serde_json::Value::Null);
+    assert_eq!(at("probe.skipped_events"), serde_json::Value::Null);
     assert_eq!(at("probe.reason"), "needs root");
     assert_eq!(at("kernel.release"), "6.18.0");
     assert_eq!(at("kernel.sysctls")["net.ipv4.tcp_tw_reuse"], "2");
@@ -161,6 +162,7 @@ fn probe_figures_take_precedence() {
         attached: true,
         reason: Some("ignored when attached".into()),
         lost_events: Some(0),
+        skipped_events: Some(0),
         closer: Some(CloserCounts {
             client: 4,
             ..Default::default()

@@ -70,6 +70,15 @@ pub fn render_text(r: &RunRecord) -> String {
                 .mismatches
                 .map_or(String::new(), |m| format!("; {m} not as the mode asked"))
         );
+        let lost = r.probe.lost_events.unwrap_or(0);
+        let skipped = r.probe.skipped_events.unwrap_or(0);
+        if lost + skipped > 0 {
+            let _ = writeln!(
+                out,
+                "  probe        {lost} events lost (ring buffer full), {skipped} tracepoint hits \
+                 skipped: its counts may be short"
+            );
+        }
     } else {
         let _ = writeln!(
             out,
