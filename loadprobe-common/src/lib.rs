@@ -87,12 +87,15 @@ pub struct Offsets {
     pub net_inum: u16,
     /// `struct sock` (full sockets only).
     pub sk_protocol: u16,
+    /// `struct inet_sock` (full sockets only): the local port, network byte order. A full
+    /// socket's `skc_num` is already 0 when it moves to CLOSE (the port is released first).
+    pub inet_sport: u16,
     /// `struct inet_timewait_sock`.
     pub tw_substate: u16,
     pub tw_timer: u16,
     /// `struct timer_list`.
     pub timer_function: u16,
-    pub _pad: [u16; 3],
+    pub _pad: [u16; 2],
 }
 
 /// Run-time configuration of the programs, patched into the object before loading.

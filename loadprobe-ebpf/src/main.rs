@@ -54,10 +54,11 @@ static CONFIG: Config = Config {
         skc_v6_rcv_saddr: 0,
         net_inum: 0,
         sk_protocol: 0,
+        inet_sport: 0,
         tw_substate: 0,
         tw_timer: 0,
         timer_function: 0,
-        _pad: [0; 3],
+        _pad: [0; 2],
     },
 };
 
@@ -128,13 +129,31 @@ fn send(event: Event) {
     }
 }
 
-/// The 4-tuple, family and namespace of a socket read from its `sock_common`, or `None` when it
-/// is outside the configured namespace and ports.
+/// Which kind of socket an address points to: both start with `struct sock_common`, but only a
+/// full socket still knows its local port when it moves to CLOSE (in `inet_sport`).
+#[derive(Clone, Copy)]
+enum Sock {
+    Full,
+    Timewait,
+}
+
+/// The 4-tuple, family and namespace of a socket, or `None` when it is outside the configured
+/// namespace and ports.
 #[inline(always)]
-fn socket_event(cfg: &Config, sk: u64, kind: u8, old_state: u8, new_state: u8) -> Result<Option<Event>, i32> {
+fn socket_event(
+    cfg: &Config,
+    sk: u64,
+    sock: Sock,
+    kind: u8,
+    old_state: u8,
+    new_state: u8,
+) -> Result<Option<Event>, i32> {
     let o = &cfg.offsets;
     let netns = netns_of(cfg, sk)?;
-    let sport: u16 = read(sk + o.skc_num as u64)?;
+    let sport: u16 = match sock {
+        Sock::Full => u16::from_be(read(sk + o.inet_sport as u64)?),
+        Sock::Timewait => read(sk + o.skc_num as u64)?,
+    };
     let dport = u16::from_be(read(sk + o.skc_dport as u64)?);
     if !wanted(cfg, netns, sport, dport) {
         return Ok(None);
@@ -188,7 +207,7 @@ fn try_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
     if read::<u16>(sk + cfg.offsets.sk_protocol as u64)? != IPPROTO_TCP {
         return Ok(());
     }
-    if let Some(event) = socket_event(&cfg, sk, kind::SET_STATE, old, new)? {
+    if let Some(event) = socket_event(&cfg, sk, Sock::Full, kind::SET_STATE, old, new)? {
         send(event);
     }
     Ok(())
@@ -216,7 +235,7 @@ fn reset_event(ctx: &RawTracePointContext, kind: u8) -> Result<(), i32> {
     if sk == 0 {
         return Ok(());
     }
-    if let Some(event) = socket_event(&config(), sk, kind, 0, 0)? {
+    if let Some(event) = socket_event(&config(), sk, Sock::Full, kind, 0, 0)? {
         send(event);
     }
     Ok(())
@@ -228,7 +247,7 @@ fn timewait_event(timer: u64, kind: u8) -> Result<(), i32> {
     let cfg = config();
     let tw = timer - cfg.offsets.tw_timer as u64;
     let substate: u8 = read(tw + cfg.offsets.tw_substate as u64)?;
-    if let Some(event) = socket_event(&cfg, tw, kind, substate, 0)? {
+    if let Some(event) = socket_event(&cfg, tw, Sock::Timewait, kind, substate, 0)? {
         send(event);
     }
     Ok(())

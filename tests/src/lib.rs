@@ -262,6 +262,8 @@ pub struct Tracer {
     child: Child,
     stdout: Option<JoinHandle<String>>,
     stderr: Option<JoinHandle<String>>,
+    /// When the tool said it was tracing.
+    started: Instant,
 }
 
 /// What a stopped tracer printed.
@@ -273,6 +275,9 @@ pub struct Trace {
     pub summary: Value,
     pub stderr: String,
     pub status: ExitStatus,
+    /// From the start of tracing to the call of [`Tracer::stop`]: every connection of a
+    /// scenario opened and closed inside it.
+    pub scenario_us: u64,
 }
 
 impl Tracer {
@@ -331,9 +336,13 @@ impl Tracer {
             child,
             stdout: Some(stdout),
             stderr: Some(stderr),
+            started: Instant::now(),
         };
         match ready_rx.recv_timeout(Self::START_TIMEOUT) {
-            Ok(()) => tracer,
+            Ok(()) => {
+                tracer.started = Instant::now();
+                tracer
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 // stderr closed without the line: the tool exited.
                 let status = tracer.child.wait().expect("wait loadprobe");
@@ -354,6 +363,7 @@ impl Tracer {
 
     /// Sends SIGINT, waits for the exit (kills it after 20 s) and parses its output.
     pub fn stop(mut self) -> Trace {
+        let scenario_us = self.started.elapsed().as_micros() as u64;
         // Let the last events of the scenario reach the ring buffer reader.
         thread::sleep(Duration::from_millis(100));
         // `ip netns exec` execs the command, so the child is loadprobe itself.
@@ -402,6 +412,7 @@ impl Tracer {
             summary,
             stderr,
             status,
+            scenario_us,
         }
     }
 }
@@ -450,6 +461,15 @@ impl Trace {
         for conn in conns {
             let found = self.records_of(conn);
             match found.as_slice() {
+                // Both ends closed during the scenario: a record that lasts longer had an end
+                // whose close the probe missed, closed for it only when the trace ended.
+                [record] if record["lifetime_us"].as_u64() > Some(self.scenario_us) => {
+                    let _ = writeln!(
+                        problems,
+                        "{} -> {}: lifetime {} us is longer than the scenario ({} us)",
+                        conn.client, conn.server, record["lifetime_us"], self.scenario_us
+                    );
+                }
                 [record] if record["closer"] == conn.expected => {}
                 [record] => {
                     let _ = writeln!(

@@ -66,12 +66,19 @@ fn natural_expiry_takes_60_to_62_seconds() {
     let trace = tracer.stop();
     let tws = time_wait(&trace, &conns[0]);
     assert_eq!(tws.len(), 1, "{tws:?}");
-    assert_eq!(tw_fields(&tws[0]), ("client", "expired", "TIME_WAIT"));
+    assert_eq!(
+        tw_fields(&tws[0]),
+        ("client", "expired", "TIME_WAIT"),
+        "{tws:?} {}",
+        trace.summary
+    );
     let ms = duration_ms(&tws[0]);
     assert!((60_000..=62_500).contains(&ms), "lived {ms} ms");
     let client = &trace.summary["time_wait"]["client"];
     assert_eq!(client["expired"], 1);
     assert_eq!(client["open"], 0);
+    let max = client["duration_ms"]["max"].as_u64().expect("summary max");
+    assert!((60_000..=62_500).contains(&max), "summary max {max} ms");
 }
 
 /// One client connection from a one-port range, closed by the client first.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use super::errors::ErrorClass;
+use crate::report::histograms::record_growing;
 
 /// Latency histograms, in microseconds.
 #[derive(Debug, Clone)]
@@ -88,13 +89,9 @@ fn micros(d: Duration) -> u64 {
     d.as_micros().min(u64::MAX as u128) as u64
 }
 
-/// Records `d` in microseconds, growing the histogram as needed (`saturating_record` would
-/// clamp to the current, initially tiny, range instead).
+/// Records `d` in microseconds.
 fn record(h: &mut Histogram<u64>, d: Duration) {
-    let v = micros(d);
-    if h.record(v).is_err() {
-        h.saturating_record(v);
-    }
+    record_growing(h, micros(d));
 }
 
 impl Stats {

@@ -28,6 +28,7 @@ pub fn socket_offsets(btf: &Btf) -> Result<Offsets, ProbeError> {
         skc_v6_rcv_saddr: sk("skc_v6_rcv_saddr")?,
         net_inum: offset(btf, "net", "ns.inum")?,
         sk_protocol: offset(btf, "sock", "sk_protocol")?,
+        inet_sport: offset(btf, "inet_sock", "inet_sport")?,
         ..Offsets::default()
     })
 }
@@ -222,6 +223,8 @@ mod tests {
         assert_eq!(o.skc_num, o.skc_dport + 2);
         // struct sock starts with its sock_common.
         assert!(usize::from(o.sk_protocol) > usize::from(o.skc_v6_rcv_saddr) + 16);
+        // ... and struct inet_sock with its struct sock.
+        assert!(o.inet_sport > o.sk_protocol);
         assert!(o.tw_timer > o.tw_substate);
         // timer_list: entry (two pointers), expires, then function.
         assert_eq!(o.timer_function, 24);

@@ -23,6 +23,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::Serialize;
 
 use super::event::endpoints;
+use crate::report::histograms::record_growing;
 
 /// How a connection ended, from the point of view of who acted first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -844,7 +845,7 @@ impl Tracker {
             TwEnd::Overflow => stats.overflow += 1,
             TwEnd::Open => stats.open += 1,
         }
-        stats.durations_ms.0.saturating_record(duration_ms);
+        record_growing(&mut stats.durations_ms.0, duration_ms);
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.tw_live = conn.tw_live.saturating_sub(1);
             conn.time_wait.push(TimeWait {

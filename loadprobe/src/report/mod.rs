@@ -6,7 +6,7 @@
 //! `time_wait` and `probe`), the kernel [`Snapshot`] and the [`PortBudget`].
 
 mod budget;
-mod histograms;
+pub mod histograms;
 pub mod merge;
 mod text;
 mod write;
