@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use loadprobe::diag::{self, TwSocket};
 use loadprobe::probe::summary::Summary;
 use loadprobe::probe::track::{ConnRecord, Side, Tracker};
-use loadprobe::probe::{Netns, Probe, ProbeOptions, monotonic_ns};
+use loadprobe::probe::{Netns, Probe, ProbeOptions};
 
 #[derive(Args, Debug)]
 pub struct TraceArgs {
@@ -97,13 +97,13 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut last_second = Instant::now();
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-        probe.poll(Probe::DRAIN_EVERY, |e| {
+        let upto = probe.poll(Probe::DRAIN_EVERY, |e| {
             if args.debug_events {
                 eprintln!("{e:?}");
             }
             tracker.event(e)
         });
-        tracker.tick(monotonic_ns());
+        tracker.tick(upto);
         emit(&mut out, args.format, tracker.drain())?;
         if last_second.elapsed() < Duration::from_secs(1) {
             continue;
@@ -111,8 +111,8 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         last_second = Instant::now();
         if let Some(verify) = &mut verify {
             // Take in what the kernel did up to now, then ask it for its count.
-            probe.poll(Duration::ZERO, |e| tracker.event(e));
-            tracker.tick(monotonic_ns());
+            let upto = probe.poll(Duration::ZERO, |e| tracker.event(e));
+            tracker.tick(upto);
             let sample = verify.sample(tracker.timewait_gauge(), kernel_count(&args.ports)?);
             match args.format {
                 Format::Jsonl => writeln!(out, "{}", serde_json::json!({ "verify": sample }))?,
@@ -124,8 +124,8 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         }
     }
     // Events already in the ring buffer belong to this trace.
-    probe.poll(Duration::ZERO, |e| tracker.event(e));
-    tracker.flush(monotonic_ns());
+    let upto = probe.poll(Duration::ZERO, |e| tracker.event(e));
+    tracker.flush(upto);
     emit(&mut out, args.format, tracker.drain())?;
     if live && verify.is_none() {
         eprintln!();

@@ -165,18 +165,20 @@ impl Probe {
     /// ring is 130k events: 20 ms leaves room for 6 million events a second.
     pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
-    /// Sleeps `wait`, then hands every event in the ring buffer to `each`; returns how many
-    /// there were.
-    pub fn poll(&mut self, wait: Duration, mut each: impl FnMut(&Event)) -> usize {
+    /// Sleeps `wait`, then hands every event in the ring buffer to `each`. Returns the time
+    /// (CLOCK_MONOTONIC ns) the drain started: everything the kernel did before it has been
+    /// handed over, which is the "now" to give [`track::Tracker::tick`]. The time after the
+    /// drain would not do: a timer cancel read in this drain whose expiry landed just after it
+    /// would look like a kill.
+    pub fn poll(&mut self, wait: Duration, mut each: impl FnMut(&Event)) -> u64 {
         std::thread::sleep(wait);
-        let mut n = 0;
+        let upto = monotonic_ns();
         while let Some(item) = self.events.next() {
             if let Some(event) = event::decode(&item) {
                 each(&event);
-                n += 1;
             }
         }
-        n
+        upto
     }
 
     /// Events the kernel side dropped because the ring buffer was full.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::summary::Summary;
 use super::track::{Side, Tracker};
-use super::{Probe, ProbeError, ProbeOptions, monotonic_ns};
+use super::{Probe, ProbeError, ProbeOptions};
 
 /// TIME_WAIT sockets alive, per side, as the probe sees them now.
 #[derive(Debug, Default)]
@@ -81,8 +81,8 @@ fn read(mut probe: Probe, stop: &AtomicBool, live: &Live) -> Result<SessionRepor
     let mut next_second = Duration::from_secs(1);
     let mut stopping: Option<Instant> = None;
     loop {
-        probe.poll(Probe::DRAIN_EVERY, |e| tracker.event(e));
-        tracker.tick(monotonic_ns());
+        let upto = probe.poll(Probe::DRAIN_EVERY, |e| tracker.event(e));
+        tracker.tick(upto);
         tracker.drain().for_each(drop);
         let totals = tracker.totals();
         let current = |s: Side| totals.time_wait.get(&s).map_or(0, |t| t.current);
@@ -107,8 +107,8 @@ fn read(mut probe: Probe, stop: &AtomicBool, live: &Live) -> Result<SessionRepor
             }
         }
     }
-    probe.poll(Duration::ZERO, |e| tracker.event(e));
-    tracker.flush(monotonic_ns());
+    let upto = probe.poll(Duration::ZERO, |e| tracker.event(e));
+    tracker.flush(upto);
     tracker.drain().for_each(drop);
     let mut summary = Summary::new(
         tracker.totals(),
