@@ -34,6 +34,8 @@ pub mod tcp_state {
     pub const LAST_ACK: u8 = 9;
     pub const LISTEN: u8 = 10;
     pub const CLOSING: u8 = 11;
+    /// A request socket (SYN received, no full socket yet).
+    pub const NEW_SYN_RECV: u8 = 12;
 }
 
 pub const AF_INET: u16 = 2;
@@ -80,6 +82,7 @@ pub struct Offsets {
     pub skc_dport: u16,
     pub skc_num: u16,
     pub skc_family: u16,
+    pub skc_state: u16,
     pub skc_net: u16,
     pub skc_v6_daddr: u16,
     pub skc_v6_rcv_saddr: u16,
@@ -95,7 +98,7 @@ pub struct Offsets {
     pub tw_timer: u16,
     /// `struct timer_list`.
     pub timer_function: u16,
-    pub _pad: [u16; 2],
+    pub _pad: u16,
 }
 
 /// Run-time configuration of the programs, patched into the object before loading.

@@ -36,6 +36,8 @@ const TCP_FIN_WAIT1: u8 = tcp_state::FIN_WAIT1;
 const TCP_FIN_WAIT2: u8 = tcp_state::FIN_WAIT2;
 const TCP_CLOSE_WAIT: u8 = tcp_state::CLOSE_WAIT;
 const TCP_LAST_ACK: u8 = tcp_state::LAST_ACK;
+const TCP_TIME_WAIT: u8 = tcp_state::TIME_WAIT;
+const TCP_NEW_SYN_RECV: u8 = tcp_state::NEW_SYN_RECV;
 
 /// Set by userspace at load time (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
@@ -49,6 +51,7 @@ static CONFIG: Config = Config {
         skc_dport: 0,
         skc_num: 0,
         skc_family: 0,
+        skc_state: 0,
         skc_net: 0,
         skc_v6_daddr: 0,
         skc_v6_rcv_saddr: 0,
@@ -58,7 +61,7 @@ static CONFIG: Config = Config {
         tw_substate: 0,
         tw_timer: 0,
         timer_function: 0,
-        _pad: [0; 2],
+        _pad: 0,
     },
 };
 
@@ -228,14 +231,19 @@ pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
 }
 
 /// Only the socket address and its tuple: userspace matches it to the socket it already tracks.
-/// Resets sent with no socket (a SYN to a closed port) are of no use here; those sent from a
-/// timewait socket are dropped by userspace, which tracks no full socket at that address.
+/// Resets sent with no socket (a SYN to a closed port), or from a timewait or request socket
+/// (`tcp_send_reset` passes those too, and they have no `inet_sock` to read), are of no use here.
 fn reset_event(ctx: &RawTracePointContext, kind: u8) -> Result<(), i32> {
     let sk: u64 = ctx.arg(0);
     if sk == 0 {
         return Ok(());
     }
-    if let Some(event) = socket_event(&config(), sk, Sock::Full, kind, 0, 0)? {
+    let cfg = config();
+    let state: u8 = read(sk + cfg.offsets.skc_state as u64)?;
+    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+        return Ok(());
+    }
+    if let Some(event) = socket_event(&cfg, sk, Sock::Full, kind, 0, 0)? {
         send(event);
     }
     Ok(())

@@ -23,6 +23,7 @@ pub fn socket_offsets(btf: &Btf) -> Result<Offsets, ProbeError> {
         skc_dport: sk("skc_dport")?,
         skc_num: sk("skc_num")?,
         skc_family: sk("skc_family")?,
+        skc_state: sk("skc_state")?,
         skc_net: sk("skc_net")?,
         skc_v6_daddr: sk("skc_v6_daddr")?,
         skc_v6_rcv_saddr: sk("skc_v6_rcv_saddr")?,
