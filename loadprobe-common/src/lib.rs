@@ -73,15 +73,17 @@ pub struct Event {
 
 /// Byte offsets the programs need, computed by userspace from the running kernel's BTF at load
 /// time: nothing about kernel layouts is compiled into the programs.
+///
+/// Each `bpf_probe_read_kernel` costs about as much as the rest of a program, so fields that sit
+/// side by side are read together: userspace checks in BTF that they do (see `probe::btf`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Offsets {
     // `struct sock_common`, which also starts `struct inet_timewait_sock`.
-    pub skc_daddr: u16,
-    pub skc_rcv_saddr: u16,
-    pub skc_dport: u16,
-    pub skc_num: u16,
-    pub skc_family: u16,
+    /// `skc_daddr`, followed by `skc_rcv_saddr`: the IPv4 pair, read as 8 bytes.
+    pub skc_addrpair: u16,
+    /// `skc_dport` (network order), followed by `skc_num` and `skc_family`: read as 6 bytes.
+    pub skc_portpair: u16,
     pub skc_state: u16,
     pub skc_net: u16,
     pub skc_v6_daddr: u16,
@@ -98,7 +100,20 @@ pub struct Offsets {
     pub tw_timer: u16,
     /// `struct timer_list`.
     pub timer_function: u16,
-    pub _pad: u16,
+}
+
+/// Ports the programs compare inline; more go to the `PORTS` hash map (a lookup per port of
+/// every event, which costs more than the comparisons).
+pub const INLINE_PORTS: usize = 8;
+
+/// How the programs filter on ports ([`Config::port_filter`]).
+pub mod port_filter {
+    /// Every port.
+    pub const NONE: u32 = 0;
+    /// Those in [`super::Config::ports`] (0 marks unused slots).
+    pub const INLINE: u32 = 1;
+    /// Those in the `PORTS` map.
+    pub const MAP: u32 = 2;
 }
 
 /// Run-time configuration of the programs, patched into the object before loading.
@@ -109,8 +124,10 @@ pub struct Config {
     pub tw_timer_handler: u64,
     /// Only sockets in this network namespace (inode); 0 = all namespaces.
     pub netns: u32,
-    /// 1 when the `PORTS` map lists the ports of interest; 0 = every port.
-    pub filter_ports: u32,
+    /// One of [`port_filter`].
+    pub port_filter: u32,
+    /// The ports of interest when `port_filter` is [`port_filter::INLINE`].
+    pub ports: [u16; INLINE_PORTS],
     pub offsets: Offsets,
 }
 
@@ -132,7 +149,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<Event>(), 64);
-        assert_eq!(core::mem::size_of::<Offsets>(), 32);
-        assert_eq!(core::mem::size_of::<Config>(), 48);
+        assert_eq!(core::mem::size_of::<Offsets>(), 24);
+        assert_eq!(core::mem::size_of::<Config>(), 56);
     }
 }

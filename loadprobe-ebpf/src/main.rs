@@ -26,10 +26,12 @@ use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
-use loadprobe_common::{AF_INET, AF_INET6, Config, Event, MAX_PORTS, kind, tcp_state};
+use loadprobe_common::{
+    AF_INET, AF_INET6, Config, Event, INLINE_PORTS, MAX_PORTS, kind, port_filter, tcp_state,
+};
 
 const IPPROTO_TCP: u16 = 6;
 const TCP_FIN_WAIT1: u8 = tcp_state::FIN_WAIT1;
@@ -44,13 +46,11 @@ const TCP_NEW_SYN_RECV: u8 = tcp_state::NEW_SYN_RECV;
 static CONFIG: Config = Config {
     tw_timer_handler: 0,
     netns: 0,
-    filter_ports: 0,
+    port_filter: port_filter::NONE,
+    ports: [0; INLINE_PORTS],
     offsets: loadprobe_common::Offsets {
-        skc_daddr: 0,
-        skc_rcv_saddr: 0,
-        skc_dport: 0,
-        skc_num: 0,
-        skc_family: 0,
+        skc_addrpair: 0,
+        skc_portpair: 0,
         skc_state: 0,
         skc_net: 0,
         skc_v6_daddr: 0,
@@ -61,7 +61,6 @@ static CONFIG: Config = Config {
         tw_substate: 0,
         tw_timer: 0,
         timer_function: 0,
-        _pad: 0,
     },
 };
 
@@ -74,10 +73,16 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Ports of interest when `CONFIG.filter_ports` is set: a connection matches if either end's
-/// port is here.
+/// Ports of interest when `CONFIG.port_filter` is `MAP` (more than fit in `CONFIG.ports`): a
+/// connection matches if either end's port is here.
 #[map]
 static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+/// The `struct net` of the namespace in `CONFIG.netns`, once a socket has shown it: comparing
+/// the pointer saves reading the namespace's inode for every event. That namespace outlives
+/// the probe (the probe's own process lives in it), so its address cannot be reused meanwhile.
+#[map]
+static NET: Array<u64> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 fn config() -> Config {
@@ -95,22 +100,41 @@ fn read<T>(addr: u64) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(addr as *const T) }
 }
 
-/// Network namespace inode of a socket (full or timewait: both start with `sock_common`).
+/// Network namespace inode of a socket (full or timewait: both start with `sock_common`), or
+/// `None` when it is not the namespace the probe is confined to.
 #[inline(always)]
-fn netns_of(cfg: &Config, sk: u64) -> Result<u32, i32> {
+fn netns_of(cfg: &Config, sk: u64) -> Result<Option<u32>, i32> {
     let net: u64 = read(sk + cfg.offsets.skc_net as u64)?;
-    read(net + cfg.offsets.net_inum as u64)
+    let known = NET.get_ptr_mut(0);
+    if cfg.netns != 0
+        && let Some(known) = known
+        && unsafe { *known } == net
+    {
+        return Ok(Some(cfg.netns));
+    }
+    let inum: u32 = read(net + cfg.offsets.net_inum as u64)?;
+    if cfg.netns == 0 {
+        return Ok(Some(inum));
+    }
+    if inum != cfg.netns {
+        return Ok(None);
+    }
+    if let Some(known) = known {
+        unsafe { *known = net };
+    }
+    Ok(Some(inum))
 }
 
 #[inline(always)]
-fn wanted(cfg: &Config, netns: u32, sport: u16, dport: u16) -> bool {
-    if cfg.netns != 0 && cfg.netns != netns {
-        return false;
+fn wanted_ports(cfg: &Config, sport: u16, dport: u16) -> bool {
+    match cfg.port_filter {
+        port_filter::NONE => true,
+        port_filter::INLINE => cfg
+            .ports
+            .iter()
+            .any(|&p| p != 0 && (p == sport || p == dport)),
+        _ => unsafe { PORTS.get(sport).is_some() || PORTS.get(dport).is_some() },
     }
-    if cfg.filter_ports == 0 {
-        return true;
-    }
-    unsafe { PORTS.get(sport).is_some() || PORTS.get(dport).is_some() }
 }
 
 /// Hands an event to userspace without waking it. Waking the reader per event cost a context
@@ -152,24 +176,30 @@ fn socket_event(
     new_state: u8,
 ) -> Result<Option<Event>, i32> {
     let o = &cfg.offsets;
-    let netns = netns_of(cfg, sk)?;
-    let sport: u16 = match sock {
-        Sock::Full => u16::from_be(read(sk + o.inet_sport as u64)?),
-        Sock::Timewait => read(sk + o.skc_num as u64)?,
+    let Some(netns) = netns_of(cfg, sk)? else {
+        return Ok(None);
     };
-    let dport = u16::from_be(read(sk + o.skc_dport as u64)?);
-    if !wanted(cfg, netns, sport, dport) {
+    // skc_dport (network order), skc_num, skc_family.
+    let ports: [u8; 6] = read(sk + o.skc_portpair as u64)?;
+    let dport = u16::from_be_bytes([ports[0], ports[1]]);
+    let sport = match sock {
+        Sock::Full => u16::from_be(read(sk + o.inet_sport as u64)?),
+        Sock::Timewait => u16::from_ne_bytes([ports[2], ports[3]]),
+    };
+    if !wanted_ports(cfg, sport, dport) {
         return Ok(None);
     }
-    let family: u16 = read(sk + o.skc_family as u64)?;
+    let family = u16::from_ne_bytes([ports[4], ports[5]]);
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
     if family == AF_INET6 {
         saddr = read(sk + o.skc_v6_rcv_saddr as u64)?;
         daddr = read(sk + o.skc_v6_daddr as u64)?;
     } else if family == AF_INET {
-        saddr[..4].copy_from_slice(&read::<[u8; 4]>(sk + o.skc_rcv_saddr as u64)?);
-        daddr[..4].copy_from_slice(&read::<[u8; 4]>(sk + o.skc_daddr as u64)?);
+        // skc_daddr, skc_rcv_saddr.
+        let pair: [u8; 8] = read(sk + o.skc_addrpair as u64)?;
+        daddr[..4].copy_from_slice(&pair[..4]);
+        saddr[..4].copy_from_slice(&pair[4..]);
     }
     Ok(Some(Event {
         ts_ns: unsafe { bpf_ktime_get_ns() },

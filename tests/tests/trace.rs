@@ -31,6 +31,24 @@ fn client_first_close_is_client() {
     });
 }
 
+/// Connections on the filtered ports are traced, others not: with few ports the programs compare
+/// them inline, with more than `INLINE_PORTS` they look them up in a map.
+#[test]
+fn port_filter_inline_and_in_a_map() {
+    for (test, ports) in [
+        ("ports-inline", (8020..8022).collect::<Vec<u16>>()),
+        ("ports-map", (8020..8030).collect()),
+    ] {
+        check(test, &ports, |ns| {
+            let mut conns = client_first_close(ns, V4, 8021);
+            // Not in the filter: must leave no record.
+            client_first_close(ns, V4, 8030);
+            conns.extend(server_first_close(ns, V4, 8020));
+            conns
+        });
+    }
+}
+
 #[test]
 fn server_first_close_is_server() {
     check("server-first", &[8002], |ns| {

@@ -17,12 +17,22 @@ pub fn socket_offsets(btf: &Btf) -> Result<Offsets, ProbeError> {
         check_tracepoint(btf, tracepoint, args)?;
     }
     let sk = |path: &str| offset(btf, "sock_common", path);
+    // The programs read these pairs in one go (a probe read costs about as much as the rest of
+    // a program): check that they really sit side by side, as they have since Linux 2.6.
+    let adjacent = |first: &str, then: &[(&str, u16)]| -> Result<u16, ProbeError> {
+        let start = sk(first)?;
+        for &(name, at) in then {
+            if sk(name)? != start + at {
+                return Err(ProbeError::Btf(format!(
+                    "sock_common.{name} is not {at} bytes after {first}"
+                )));
+            }
+        }
+        Ok(start)
+    };
     Ok(Offsets {
-        skc_daddr: sk("skc_daddr")?,
-        skc_rcv_saddr: sk("skc_rcv_saddr")?,
-        skc_dport: sk("skc_dport")?,
-        skc_num: sk("skc_num")?,
-        skc_family: sk("skc_family")?,
+        skc_addrpair: adjacent("skc_daddr", &[("skc_rcv_saddr", 4)])?,
+        skc_portpair: adjacent("skc_dport", &[("skc_num", 2), ("skc_family", 4)])?,
         skc_state: sk("skc_state")?,
         skc_net: sk("skc_net")?,
         skc_v6_daddr: sk("skc_v6_daddr")?,
@@ -218,10 +228,10 @@ mod tests {
         };
         let mut o = socket_offsets(&btf).expect("socket offsets");
         timewait_offsets(&btf, &mut o).expect("timewait offsets");
-        // sock_common starts with the address pair (an anonymous union/struct in C).
-        assert_eq!(o.skc_daddr, 0);
-        assert_eq!(o.skc_rcv_saddr, 4);
-        assert_eq!(o.skc_num, o.skc_dport + 2);
+        // sock_common starts with the address pair (an anonymous union/struct in C), then the
+        // hash and the port pair.
+        assert_eq!(o.skc_addrpair, 0);
+        assert_eq!(o.skc_portpair, 12);
         // struct sock starts with its sock_common.
         assert!(usize::from(o.sk_protocol) > usize::from(o.skc_v6_rcv_saddr) + 16);
         // ... and struct inet_sock with its struct sock.

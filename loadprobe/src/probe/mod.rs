@@ -21,7 +21,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::RawTracePoint,
 };
-use loadprobe_common::{Config, Event};
+use loadprobe_common::{Config, Event, INLINE_PORTS, port_filter};
 
 /// The compiled eBPF object, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loadprobe"));
@@ -89,26 +89,39 @@ impl Probe {
             Netns::Current => current_netns().map_err(ProbeError::Read)?,
             Netns::All => 0,
         };
-        let config = Config {
+        let mut config = Config {
             tw_timer_handler: *timewait.as_ref().unwrap_or(&0),
             netns,
-            filter_ports: u32::from(!options.ports.is_empty()),
             offsets,
+            ..Config::default()
+        };
+        let mut ports = options.ports.clone();
+        ports.sort_unstable();
+        ports.dedup();
+        ports.retain(|&p| p != 0);
+        config.port_filter = match ports.len() {
+            0 => port_filter::NONE,
+            n if n <= INLINE_PORTS => {
+                config.ports[..n].copy_from_slice(&ports);
+                port_filter::INLINE
+            }
+            _ => port_filter::MAP,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .load(EBPF_OBJECT)
             .map_err(|e| load_error(&e))?;
 
-        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(
-            ebpf.map_mut("PORTS")
-                .ok_or_else(|| ProbeError::Load("no PORTS map".into()))?,
-        )
-        .map_err(|e| ProbeError::Load(e.to_string()))?;
-        for port in &options.ports {
-            ports
-                .insert(port, 1, 0)
-                .map_err(|e| ProbeError::Load(e.to_string()))?;
+        if config.port_filter == port_filter::MAP {
+            let mut map: HashMap<_, u16, u8> = HashMap::try_from(
+                ebpf.map_mut("PORTS")
+                    .ok_or_else(|| ProbeError::Load("no PORTS map".into()))?,
+            )
+            .map_err(|e| ProbeError::Load(e.to_string()))?;
+            for port in &ports {
+                map.insert(port, 1, 0)
+                    .map_err(|e| ProbeError::Load(e.to_string()))?;
+            }
         }
 
         // Each program is named after the raw tracepoint it attaches to.
