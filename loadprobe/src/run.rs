@@ -9,6 +9,7 @@
 //! run driven from inside a namespace describes that namespace.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::driver::timewait::TwSampler;
@@ -71,10 +72,16 @@ pub async fn run_once(run: RunOnce<'_>) -> Result<RunRecord, RunError> {
         ports: vec![config.target.addr.port()],
         timewait: true,
     };
+    let window_start = {
+        let live = live.clone();
+        move || Some(live.window_start_ns.load(Ordering::Relaxed)).filter(|&ns| ns != 0)
+    };
     let probe = match probe {
         ProbePlan::Off(reason) => Err(reason),
-        ProbePlan::Try(netns) => Session::start(&options(netns)).map_err(|e| e.to_string()),
-        ProbePlan::Require(netns) => Ok(Session::start(&options(netns))?),
+        ProbePlan::Try(netns) => {
+            Session::start(&options(netns), window_start).map_err(|e| e.to_string())
+        }
+        ProbePlan::Require(netns) => Ok(Session::start(&options(netns), window_start)?),
     };
     if let Err(reason) = &probe {
         warn(&format!(

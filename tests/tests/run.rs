@@ -120,6 +120,45 @@ fn every_mode_against_the_embedded_server() {
     }
 }
 
+/// With a warmup, the probe's counts cover the measured window like the driver's: the closers
+/// of the connections that finished in it add up to those opened in it, give or take the ones
+/// in flight at either end of it (one per user at each).
+#[test]
+fn warmup_is_left_out_of_the_probe_counts() {
+    if !require_root("run with a warmup") {
+        return;
+    }
+    let netns = Netns::for_test("run-warmup");
+    let (record, _) = run(
+        netns.name(),
+        &[
+            "--mode",
+            "client-close",
+            "--users",
+            "8",
+            "--warmup",
+            "1s",
+            "--duration",
+            "1s",
+        ],
+    );
+    let opened = num(&record, "connections.opened");
+    assert!(opened > 1000, "the run did some work: {opened}");
+    let closers: u64 = record["connections"]["closer"]
+        .as_object()
+        .expect("closer counts")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    let entered = num(&record, "time_wait.client.entered");
+    for (what, n) in [("closers", closers), ("client TIME_WAIT entered", entered)] {
+        assert!(
+            n.abs_diff(opened) <= 2 * 8,
+            "{what} {n} for {opened} connections opened in the window"
+        );
+    }
+}
+
 #[test]
 fn every_mode_against_nginx() {
     if !require_root("run against nginx") {

@@ -184,6 +184,9 @@ pub struct Live {
     pub tw_server: AtomicU64,
     /// Set once warmup is over.
     pub measuring: AtomicBool,
+    /// When the measured window started, on [`crate::kernel::monotonic_ns`]'s clock (0 before):
+    /// the probe splits its counts there.
+    pub window_start_ns: AtomicU64,
 }
 
 /// Asks a run to stop early (SIGINT/SIGTERM); cheap to check, and awaitable.

@@ -77,8 +77,12 @@ async fn join_all(set: &mut JoinSet<()>) {
 
 async fn mark_measuring(ctx: Arc<Ctx>) {
     tokio::time::sleep_until(ctx.window_start.into()).await;
-    ctx.live
-        .measuring
+    let live = &ctx.live;
+    live.window_start_ns.store(
+        crate::kernel::instant_ns(ctx.window_start),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    live.measuring
         .store(true, std::sync::atomic::Ordering::Relaxed);
 }
 

@@ -289,6 +289,29 @@ fn usable_ports(range: PortRange, reserved: &[(u16, u16)]) -> u32 {
     range.size() - covered
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the probe's events (`bpf_ktime_get_ns`) and of
+/// `std::time::Instant` on Linux.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `at` on the [`monotonic_ns`] clock.
+pub fn instant_ns(at: std::time::Instant) -> u64 {
+    let now = std::time::Instant::now();
+    let now_ns = monotonic_ns();
+    if at <= now {
+        now_ns.saturating_sub(now.duration_since(at).as_nanos() as u64)
+    } else {
+        now_ns + at.duration_since(now).as_nanos() as u64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -185,7 +185,7 @@ impl Probe {
     /// would look like a kill.
     pub fn poll(&mut self, wait: Duration, mut each: impl FnMut(&Event)) -> u64 {
         std::thread::sleep(wait);
-        let upto = monotonic_ns();
+        let upto = crate::kernel::monotonic_ns();
         while let Some(item) = self.events.next() {
             if let Some(event) = event::decode(&item) {
                 each(&event);
@@ -238,17 +238,6 @@ fn recursion_misses(fd: &std::os::fd::OwnedFd) -> u64 {
         )
     };
     if rc == 0 { info.recursion_misses } else { 0 }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of the events' `ts_ns` (`bpf_ktime_get_ns`).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Network namespace inode of the calling thread.

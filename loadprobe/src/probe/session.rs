@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use loadprobe_common::Event;
 use serde::{Deserialize, Serialize};
 
 use super::summary::Summary;
-use super::track::{Side, Tracker};
+use super::track::{Side, Totals, Tracker};
 use super::{Probe, ProbeError, ProbeOptions};
 
 /// TIME_WAIT sockets alive, per side, as the probe sees them now.
@@ -47,7 +48,15 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 impl Session {
     /// Attaches the probe (errors, e.g. missing privileges, surface here) and starts reading.
-    pub fn start(options: &ProbeOptions) -> Result<Session, ProbeError> {
+    ///
+    /// `window_start` gives the start of the run's measured window (CLOCK_MONOTONIC ns) once
+    /// the warmup is over. The report's counts (closers, TIME_WAIT entered and ended, lifetimes,
+    /// peaks) cover what happened from then on, like the driver's own figures; the TIME_WAIT
+    /// timeline covers the whole run.
+    pub fn start(
+        options: &ProbeOptions,
+        window_start: impl Fn() -> Option<u64> + Send + 'static,
+    ) -> Result<Session, ProbeError> {
         let probe = Probe::attach(options)?;
         let stop = Arc::new(AtomicBool::new(false));
         let live = Arc::new(Live::default());
@@ -55,7 +64,7 @@ impl Session {
             let (stop, live) = (Arc::clone(&stop), Arc::clone(&live));
             std::thread::Builder::new()
                 .name("loadprobe-probe".into())
-                .spawn(move || read(probe, &stop, &live))
+                .spawn(move || read(probe, &stop, &live, window_start))
                 .map_err(ProbeError::Read)?
         };
         Ok(Session { stop, live, thread })
@@ -74,14 +83,27 @@ impl Session {
     }
 }
 
-fn read(mut probe: Probe, stop: &AtomicBool, live: &Live) -> Result<SessionReport, ProbeError> {
+fn read(
+    mut probe: Probe,
+    stop: &AtomicBool,
+    live: &Live,
+    window_start: impl Fn() -> Option<u64>,
+) -> Result<SessionReport, ProbeError> {
     let mut tracker = Tracker::new(probe.timewait_unavailable().is_none()).records_at_close();
+    // The totals at the start of the measured window, taken at the first event at or after it.
+    let mut warmup: Option<Totals> = None;
+    let mut event = |tracker: &mut Tracker, e: &Event| {
+        if warmup.is_none() && window_start().is_some_and(|at| e.ts_ns >= at) {
+            warmup = Some(tracker.mark());
+        }
+        tracker.event(e);
+    };
     let started = Instant::now();
     let mut timeline = Vec::new();
     let mut next_second = Duration::from_secs(1);
     let mut stopping: Option<Instant> = None;
     loop {
-        let upto = probe.poll(Probe::DRAIN_EVERY, |e| tracker.event(e));
+        let upto = probe.poll(Probe::DRAIN_EVERY, |e| event(&mut tracker, e));
         tracker.tick(upto);
         tracker.drain().for_each(drop);
         let totals = tracker.totals();
@@ -107,14 +129,14 @@ fn read(mut probe: Probe, stop: &AtomicBool, live: &Live) -> Result<SessionRepor
             }
         }
     }
-    let upto = probe.poll(Duration::ZERO, |e| tracker.event(e));
+    let upto = probe.poll(Duration::ZERO, |e| event(&mut tracker, e));
     tracker.flush(upto);
     tracker.drain().for_each(drop);
-    let mut summary = Summary::new(
-        tracker.totals(),
-        probe.lost_events(),
-        probe.timewait_unavailable(),
-    );
+    let totals = match &warmup {
+        Some(before) => tracker.totals().since(before),
+        None => tracker.totals().clone(),
+    };
+    let mut summary = Summary::new(&totals, probe.lost_events(), probe.timewait_unavailable());
     summary.skipped_events = probe.skipped_events();
     Ok(SessionReport {
         summary,

@@ -179,6 +179,39 @@ pub struct Totals {
     pub time_wait_unmatched: u64,
 }
 
+impl Totals {
+    /// What happened since `earlier`, a copy of these totals taken then: counters and lifetimes
+    /// are differences; the gauges (`current`, `peak`) are kept, so take `earlier` with
+    /// [`Tracker::mark`], which also restarts the peaks.
+    pub fn since(&self, earlier: &Totals) -> Totals {
+        let mut now = self.clone();
+        for (closer, n) in &mut now.closer {
+            *n = n.saturating_sub(earlier.closer.get(closer).copied().unwrap_or(0));
+        }
+        for (side, stats) in &mut now.time_wait {
+            let Some(before) = earlier.time_wait.get(side) else {
+                continue;
+            };
+            for (n, then) in [
+                (&mut stats.entered, before.entered),
+                (&mut stats.expired, before.expired),
+                (&mut stats.reused, before.reused),
+                (&mut stats.killed, before.killed),
+                (&mut stats.overflow, before.overflow),
+                (&mut stats.open, before.open),
+            ] {
+                *n = n.saturating_sub(then);
+            }
+            // `earlier` is an older state of the same histogram: it cannot hold more.
+            let _ = stats.durations_ms.0.subtract(&before.durations_ms.0);
+        }
+        now.time_wait_unmatched = now
+            .time_wait_unmatched
+            .saturating_sub(earlier.time_wait_unmatched);
+        now
+    }
+}
+
 /// What kind of first closing act an end performed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Act {
@@ -332,6 +365,15 @@ impl Tracker {
 
     pub fn totals(&self) -> &Totals {
         &self.totals
+    }
+
+    /// Marks the start of a measured window (a run's warmup is over): returns the totals so
+    /// far, for [`Totals::since`], and restarts each side's peak from what is alive now.
+    pub fn mark(&mut self) -> Totals {
+        for stats in self.totals.time_wait.values_mut() {
+            stats.peak = stats.current;
+        }
+        self.totals.clone()
     }
 
     /// Timewait sockets the probe saw being created and not yet ending, on any side.

@@ -459,3 +459,38 @@ fn a_new_timewait_socket_in_the_memory_of_a_killed_older_one_is_counted() {
     assert_eq!(rec.time_wait.len(), 1, "{:?}", rec.time_wait);
     assert_eq!(rec.time_wait[0].end, TwEnd::Open, "not an overflow");
 }
+
+/// A run's warmup: counts since the mark leave out what finished before it, and the peak starts
+/// again from the sockets alive at the mark.
+#[test]
+fn counts_since_a_mark_leave_out_what_came_before() {
+    let mut r = Replay::new();
+    r.t = Tracker::new(true).records_at_close();
+    // During warmup: a connection closes; its timewait socket is still alive at the mark.
+    r.open()
+        .c(ESTABLISHED, FIN_WAIT1)
+        .s(ESTABLISHED, CLOSE_WAIT)
+        .c(FIN_WAIT1, FIN_WAIT2)
+        .other(kind::TW_START, true, FIN_WAIT2)
+        .c(FIN_WAIT2, CLOSE)
+        .s(CLOSE_WAIT, LAST_ACK)
+        .s(LAST_ACK, CLOSE)
+        .wait(100 * MS);
+    let before = r.t.mark();
+    // After it: that timewait socket expires.
+    r.wait(60_000 * MS)
+        .other(kind::TW_CANCEL, true, TIME_WAIT)
+        .other(kind::TW_EXPIRE, true, TIME_WAIT)
+        .wait(100 * MS);
+    let since = r.t.totals().since(&before);
+    assert_eq!(since.closer.values().sum::<u64>(), 0, "{since:?}");
+    let client = &since.time_wait[&Side::Client];
+    assert_eq!(
+        (client.entered, client.expired, client.current, client.peak),
+        (0, 1, 0, 1)
+    );
+    assert_eq!(client.durations_ms.0.len(), 1);
+    // The whole run still has everything.
+    assert_eq!(r.t.totals().closer[&Closer::Client], 1);
+    assert_eq!(r.t.totals().time_wait[&Side::Client].entered, 1);
+}
