@@ -217,9 +217,88 @@ fn socket_event(
     }))
 }
 
-/// `inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)`.
+// `inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)`.
+//
+// The kernel skips a raw tracepoint program that a hit of its own tracepoint interrupts, and
+// this one can be interrupted: it often runs for a socket in process context with softirqs
+// enabled, and a softirq then changes another socket's state. So two programs are attached, in
+// this order, and each hit is handled by exactly one of them:
+//
+// * `inet_sock_set_state` handles every hit it is run for, then notes the hit (socket and
+//   transition) in a per-CPU list of its last few;
+// * `inet_sock_set_state_nested` runs right after it for every hit; it finds the hits the first
+//   one handled in that list (and takes them out), and handles the others: those the kernel
+//   skipped the first one for because they interrupted it.
+//
+// Only a hit that interrupts both programs at once is lost, and the kernel counts it in the
+// second program's recursion misses (`skipped_events`).
+
+/// A hit `inet_sock_set_state` handled that `inet_sock_set_state_nested` has not seen yet:
+/// `key` is `sk << 16 | old << 8 | new` (kernel addresses in the direct map have their top 16
+/// bits set, so nothing is lost), 0 for a free slot; `run` is the number of the
+/// `inet_sock_set_state` run that wrote it.
+#[repr(C)]
+struct Handled {
+    run: u64,
+    key: u64,
+}
+
+/// Per CPU. At most two hits wait at once (a softirq's, inside a process-context one), but an
+/// entry stays behind when the kernel skips `inet_sock_set_state_nested` (a hit interrupting it):
+/// entries more than [`HANDLED_STALE_RUNS`] runs old count as free. That is far more state
+/// changes than one softirq makes while a process-context hit waits (a network softirq stops
+/// after 300 packets), and far fewer than it takes to leave 8 entries behind. Slot 0 holds no
+/// entry but the run counter, in `run`.
+#[map]
+static HANDLED: PerCpuArray<Handled> = PerCpuArray::with_max_entries(HANDLED_SLOTS + 1, 0);
+const HANDLED_SLOTS: u32 = 8;
+const HANDLED_STALE_RUNS: u64 = 1024;
+
+#[inline(always)]
+fn hit_key(ctx: &RawTracePointContext) -> u64 {
+    let sk: u64 = ctx.arg(0);
+    (sk << 16) | ((ctx.arg::<u64>(1) & 0xff) << 8) | (ctx.arg::<u64>(2) & 0xff)
+}
+
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    let _ = try_set_state(&ctx);
+    let Some(counter) = HANDLED.get_ptr_mut(0) else {
+        return 0;
+    };
+    let run = unsafe { (*counter).run } + 1;
+    unsafe { (*counter).run = run };
+    for slot in 1..=HANDLED_SLOTS {
+        if let Some(entry) = HANDLED.get_ptr_mut(slot) {
+            let (at, key) = unsafe { (&raw mut (*entry).run, &raw mut (*entry).key) };
+            if unsafe { *key == 0 || run - *at > HANDLED_STALE_RUNS } {
+                // The run first: a matching key then always comes with its own run.
+                unsafe {
+                    core::ptr::write_volatile(at, run);
+                    core::ptr::write_volatile(key, hit_key(&ctx));
+                }
+                break;
+            }
+        }
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
+    let key = hit_key(&ctx);
+    for slot in 1..=HANDLED_SLOTS {
+        if let Some(entry) = HANDLED.get_ptr_mut(slot)
+            && unsafe { core::ptr::read_volatile(&raw const (*entry).key) } == key
+        {
+            let at = unsafe { core::ptr::read_volatile(&raw const (*entry).run) };
+            unsafe { core::ptr::write_volatile(&raw mut (*entry).key, 0) };
+            let run = HANDLED.get(0).map_or(0, |c| c.run);
+            if run - at <= HANDLED_STALE_RUNS {
+                return 0;
+            }
+        }
+    }
     let _ = try_set_state(&ctx);
     0
 }

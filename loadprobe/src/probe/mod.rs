@@ -26,6 +26,25 @@ use loadprobe_common::{Config, Event, INLINE_PORTS, port_filter};
 /// The compiled eBPF object, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loadprobe"));
 
+/// The socket programs in attach order: (program, raw tracepoint, whether the kernel skipping
+/// it loses events). The kernel calls the programs of a tracepoint in the order they were
+/// attached; `inet_sock_set_state_nested` must come right after `inet_sock_set_state`, whose
+/// skipped hits it handles (see loadprobe-ebpf). The prototypes are checked in
+/// [`btf::SOCKET_TRACEPOINTS`].
+const SOCKET_PROGRAMS: &[(&str, &str, bool)] = &[
+    ("inet_sock_set_state", "inet_sock_set_state", false),
+    ("inet_sock_set_state_nested", "inet_sock_set_state", true),
+    ("tcp_send_reset", "tcp_send_reset", true),
+    ("tcp_receive_reset", "tcp_receive_reset", true),
+];
+
+/// The timewait timer programs, each named after its tracepoint ([`btf::TIMER_TRACEPOINTS`]).
+const TIMER_PROGRAMS: &[(&str, &str, bool)] = &[
+    ("timer_start", "timer_start", true),
+    ("timer_cancel", "timer_cancel", true),
+    ("timer_expire_entry", "timer_expire_entry", true),
+];
+
 /// Why the probe could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -65,7 +84,8 @@ pub struct Probe {
     _ebpf: Ebpf,
     events: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
-    /// The attached programs, to ask the kernel how often it skipped them.
+    /// The attached programs whose skips lose events, to ask the kernel how often it skipped
+    /// them.
     program_fds: Vec<std::os::fd::OwnedFd>,
     netns: u32,
     timewait: Result<(), String>,
@@ -124,14 +144,15 @@ impl Probe {
             }
         }
 
-        // Each program is named after the raw tracepoint it attaches to.
         let timewait_programs = if timewait.is_ok() {
-            btf::TIMER_TRACEPOINTS
+            TIMER_PROGRAMS
         } else {
             &[]
         };
         let mut program_fds = Vec::new();
-        for (name, _) in btf::SOCKET_TRACEPOINTS.iter().chain(timewait_programs) {
+        for &(name, tracepoint, skips_lose_events) in
+            SOCKET_PROGRAMS.iter().chain(timewait_programs)
+        {
             let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| ProbeError::Load(format!("program {name} missing")))?
@@ -139,10 +160,12 @@ impl Probe {
                 .map_err(|e: aya::programs::ProgramError| ProbeError::Load(e.to_string()))?;
             program.load().map_err(|e| load_error(&e))?;
             program
-                .attach(name)
+                .attach(tracepoint)
                 .map_err(|e| ProbeError::Attach(name, error_chain(&e)))?;
-            let fd = program.fd().map_err(|e| ProbeError::Load(e.to_string()))?;
-            program_fds.push(fd.as_fd().try_clone_to_owned().map_err(ProbeError::Read)?);
+            if skips_lose_events {
+                let fd = program.fd().map_err(|e| ProbeError::Load(e.to_string()))?;
+                program_fds.push(fd.as_fd().try_clone_to_owned().map_err(ProbeError::Read)?);
+            }
         }
 
         let take = |ebpf: &mut Ebpf, name: &str| {
