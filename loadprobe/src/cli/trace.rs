@@ -221,7 +221,7 @@ fn write_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
     writeln!(out, "lost events: {}", s.lost_events)?;
     writeln!(
         out,
-        "skipped events: {} (a probe program interrupted by a hit of its own tracepoint)",
+        "skipped events: {} (tracepoint hits that interrupted the probe's programs and were lost)",
         s.skipped_events
     )
 }
