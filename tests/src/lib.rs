@@ -613,34 +613,51 @@ fn wait_readable(s: &TcpStream) {
     assert_eq!(n, 1, "peek: EOF where data was expected");
 }
 
-/// Normal close, `first` closes first: one side sends data the other reads, `first` closes,
-/// the other reads EOF and closes. Expected closer: `client` or `server`. The first closer ends
-/// in TIME-WAIT.
-pub fn orderly_close(netns: &Netns, ip: IpAddr, port: u16, first: Side) -> Vec<Conn> {
+/// One connection in `netns` to a listener on `ip:port`, ended by `end(by's end, the other
+/// end)`; both ends are closed when `end` returns. The connection's expected closer is
+/// `closer[0]` when `by` is the client, `closer[1]` when it is the server.
+fn one_connection(
+    netns: &Netns,
+    ip: IpAddr,
+    port: u16,
+    by: Side,
+    closer: [&'static str; 2],
+    end: impl FnOnce(TcpStream, TcpStream) + Send,
+) -> Vec<Conn> {
     netns.enter_thread(|| {
         let listener = listen(ip, port);
-        let (mut client, mut server) = connect_pair(&listener);
-        client.write_all(b"hello").unwrap();
-        let mut buf = [0u8; 5];
-        server.read_exact(&mut buf).unwrap();
-        server.write_all(b"world").unwrap();
-        client.read_exact(&mut buf).unwrap();
-        let expected = match first {
-            Side::Client => "client",
-            Side::Server => "server",
+        let (client, server) = connect_pair(&listener);
+        let (c, ends) = match by {
+            Side::Client => (conn(&client, &server, closer[0]), (client, server)),
+            Side::Server => (conn(&client, &server, closer[1]), (server, client)),
         };
-        let c = conn(&client, &server, expected);
-        let (closer, mut other) = match first {
-            Side::Client => (client, server),
-            Side::Server => (server, client),
-        };
-        drop(closer);
-        read_to_eof(&mut other);
-        drop(other);
+        end(ends.0, ends.1);
         drop(listener);
         netns.wait_quiet();
         vec![c]
     })
+}
+
+/// Normal close, `first` closes first: each side sends data the other reads, `first` closes,
+/// the other reads EOF and closes. Expected closer: `client` or `server`. The first closer ends
+/// in TIME-WAIT.
+pub fn orderly_close(netns: &Netns, ip: IpAddr, port: u16, first: Side) -> Vec<Conn> {
+    one_connection(
+        netns,
+        ip,
+        port,
+        first,
+        ["client", "server"],
+        |mut closer, mut other| {
+            closer.write_all(b"hello").unwrap();
+            let mut buf = [0u8; 5];
+            other.read_exact(&mut buf).unwrap();
+            other.write_all(b"world").unwrap();
+            closer.read_exact(&mut buf).unwrap();
+            drop(closer);
+            read_to_eof(&mut other);
+        },
+    )
 }
 
 /// Client closes first ([`orderly_close`]).
@@ -729,27 +746,13 @@ fn pin_and_prioritize(cpu: usize) {
 /// Abortive close with SO_LINGER {on, 0} by `by`: close sends a RST, the peer reads ECONNRESET
 /// and closes. Expected closer: `client-reset` or `server-reset`. No TIME-WAIT anywhere.
 pub fn linger0_abort(netns: &Netns, ip: IpAddr, port: u16, by: Side) -> Vec<Conn> {
-    netns.enter_thread(|| {
-        let listener = listen(ip, port);
-        let (client, server) = connect_pair(&listener);
-        let expected = match by {
-            Side::Client => "client-reset",
-            Side::Server => "server-reset",
-        };
-        let c = conn(&client, &server, expected);
-        let (aborter, mut other) = match by {
-            Side::Client => (client, server),
-            Side::Server => (server, client),
-        };
+    let closer = ["client-reset", "server-reset"];
+    one_connection(netns, ip, port, by, closer, |aborter, mut other| {
         SockRef::from(&aborter)
             .set_linger(Some(Duration::ZERO))
             .expect("SO_LINGER");
         drop(aborter);
         read_expect_reset(&mut other);
-        drop(other);
-        drop(listener);
-        netns.wait_quiet();
-        vec![c]
     })
 }
 
@@ -757,26 +760,12 @@ pub fn linger0_abort(netns: &Netns, ip: IpAddr, port: u16, by: Side) -> Vec<Conn
 /// then `by` closes, which sends a RST (TCP_ABORT_ON_CLOSE); the peer reads ECONNRESET and
 /// closes. Expected closer: `client-reset` or `server-reset`.
 pub fn unread_data_close(netns: &Netns, ip: IpAddr, port: u16, by: Side) -> Vec<Conn> {
-    netns.enter_thread(|| {
-        let listener = listen(ip, port);
-        let (client, server) = connect_pair(&listener);
-        let expected = match by {
-            Side::Client => "client-reset",
-            Side::Server => "server-reset",
-        };
-        let c = conn(&client, &server, expected);
-        let (closer, mut peer) = match by {
-            Side::Client => (client, server),
-            Side::Server => (server, client),
-        };
+    let closer = ["client-reset", "server-reset"];
+    one_connection(netns, ip, port, by, closer, |closer, mut peer| {
         peer.write_all(&[b'x'; 100]).unwrap();
         wait_readable(&closer);
         drop(closer);
         read_expect_reset(&mut peer);
-        drop(peer);
-        drop(listener);
-        netns.wait_quiet();
-        vec![c]
     })
 }
 

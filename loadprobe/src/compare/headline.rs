@@ -4,7 +4,7 @@
 
 use super::Run;
 use super::format::{number, percent};
-use super::metrics::{lookup, repetition_value};
+use super::metrics::lookup;
 use super::noise::{Noise, assess};
 use crate::probe::track::Closer;
 
@@ -236,15 +236,10 @@ pub fn headline(runs: &[Run]) -> Headline {
 }
 
 fn noise(runs: &[Run], path: &str) -> Noise {
-    let reps = |r: &Run| -> Vec<f64> {
-        r.record
-            .repetitions
-            .iter()
-            .flatten()
-            .filter_map(|rep| repetition_value(rep, path))
-            .collect()
-    };
-    assess(&reps(&runs[0]), &reps(&runs[1]))
+    assess(
+        &runs[0].repetition_values(path),
+        &runs[1].repetition_values(path),
+    )
 }
 
 /// `client 100.0% → 0.0%, server 0.0% → 100.0%`: each closer seen in any run, as a share of

@@ -51,6 +51,16 @@ impl Run {
             json,
         }
     }
+
+    /// The value of `path` in each repetition of the run (none for a single run).
+    pub fn repetition_values(&self, path: &str) -> Vec<f64> {
+        self.record
+            .repetitions
+            .iter()
+            .flatten()
+            .filter_map(|rep| metrics::repetition_value(rep, path))
+            .collect()
+    }
 }
 
 /// One gate checked on one non-base run.

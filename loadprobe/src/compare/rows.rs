@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use super::Run;
 use super::format::{change, number};
-use super::metrics::{lookup, repetition_value};
+use super::metrics::lookup;
 use super::noise::{Noise, assess};
 use crate::probe::track::Closer;
 
@@ -244,17 +244,7 @@ fn shown(row: &Row) -> bool {
 
 fn number_row(runs: &[Run], path: &str, better: Better) -> Row {
     let values: Vec<Option<f64>> = runs.iter().map(|r| value(r, path)).collect();
-    let reps: Vec<Vec<f64>> = runs
-        .iter()
-        .map(|r| {
-            r.record
-                .repetitions
-                .iter()
-                .flatten()
-                .filter_map(|rep| repetition_value(rep, path))
-                .collect()
-        })
-        .collect();
+    let reps: Vec<Vec<f64>> = runs.iter().map(|r| r.repetition_values(path)).collect();
     let base = values.first().copied().flatten();
     let changes = values
         .iter()

@@ -114,6 +114,19 @@ impl Replay {
             .s(SYN_RECV, ESTABLISHED)
     }
 
+    /// A whole connection, closed by the client first: its timewait socket (on the client) is
+    /// left alive.
+    fn client_first_close(&mut self) -> &mut Self {
+        self.open()
+            .c(ESTABLISHED, FIN_WAIT1)
+            .s(ESTABLISHED, CLOSE_WAIT)
+            .c(FIN_WAIT1, FIN_WAIT2)
+            .other(kind::TW_START, true, FIN_WAIT2)
+            .c(FIN_WAIT2, CLOSE)
+            .s(CLOSE_WAIT, LAST_ACK)
+            .s(LAST_ACK, CLOSE)
+    }
+
     fn wait(&mut self, ns: u64) -> &mut Self {
         self.now += ns;
         self.t.tick(self.now);
@@ -138,14 +151,7 @@ fn only(records: Vec<ConnRecord>) -> ConnRecord {
 #[test]
 fn client_first_close_leaves_time_wait_on_the_client() {
     let mut r = Replay::new();
-    r.open()
-        .c(ESTABLISHED, FIN_WAIT1)
-        .s(ESTABLISHED, CLOSE_WAIT)
-        .c(FIN_WAIT1, FIN_WAIT2)
-        .other(kind::TW_START, true, FIN_WAIT2)
-        .c(FIN_WAIT2, CLOSE)
-        .s(CLOSE_WAIT, LAST_ACK)
-        .s(LAST_ACK, CLOSE);
+    r.client_first_close();
     // The record waits for its timewait socket.
     assert!(r.records().is_empty());
     r.wait(60_000 * MS)
@@ -305,14 +311,7 @@ fn overflow_when_no_timewait_socket_is_made() {
 #[test]
 fn visible_reschedule_keeps_the_socket_and_a_lone_cancel_is_a_kill() {
     let mut r = Replay::new();
-    r.open()
-        .c(ESTABLISHED, FIN_WAIT1)
-        .s(ESTABLISHED, CLOSE_WAIT)
-        .c(FIN_WAIT1, FIN_WAIT2)
-        .other(kind::TW_START, true, FIN_WAIT2)
-        .c(FIN_WAIT2, CLOSE)
-        .s(CLOSE_WAIT, LAST_ACK)
-        .s(LAST_ACK, CLOSE);
+    r.client_first_close();
     // cancel + start within the same microsecond: a reschedule (the peer's FIN arrived).
     r.t.event(&tw_event(
         r.now + 10,
@@ -467,15 +466,7 @@ fn counts_since_a_mark_leave_out_what_came_before() {
     let mut r = Replay::new();
     r.t = Tracker::new(true).records_at_close();
     // During warmup: a connection closes; its timewait socket is still alive at the mark.
-    r.open()
-        .c(ESTABLISHED, FIN_WAIT1)
-        .s(ESTABLISHED, CLOSE_WAIT)
-        .c(FIN_WAIT1, FIN_WAIT2)
-        .other(kind::TW_START, true, FIN_WAIT2)
-        .c(FIN_WAIT2, CLOSE)
-        .s(CLOSE_WAIT, LAST_ACK)
-        .s(LAST_ACK, CLOSE)
-        .wait(100 * MS);
+    r.client_first_close().wait(100 * MS);
     let before = r.t.mark();
     // After it: that timewait socket expires.
     r.wait(60_000 * MS)
