@@ -109,11 +109,11 @@ pub const INLINE_PORTS: usize = 8;
 /// How the programs filter on ports ([`Config::port_filter`]).
 pub mod port_filter {
     /// Every port.
-    pub const NONE: u32 = 0;
+    pub const NONE: u16 = 0;
     /// Those in [`super::Config::ports`] (0 marks unused slots).
-    pub const INLINE: u32 = 1;
+    pub const INLINE: u16 = 1;
     /// Those in the `PORTS` map.
-    pub const MAP: u32 = 2;
+    pub const MAP: u16 = 2;
 }
 
 /// Run-time configuration of the programs, patched into the object before loading.
@@ -125,7 +125,12 @@ pub struct Config {
     /// Only sockets in this network namespace (inode); 0 = all namespaces.
     pub netns: u32,
     /// One of [`port_filter`].
-    pub port_filter: u32,
+    pub port_filter: u16,
+    /// 1: send the two handshake steps that only time a connect (the client's
+    /// `CLOSE->SYN_SENT` and the server's `SYN_RECV->ESTABLISHED`, for records' `connect_us`).
+    /// 0 leaves them out, two events fewer per connection: the ends are still known from the
+    /// client's `SYN_SENT->ESTABLISHED` and the server's `LISTEN->SYN_RECV`.
+    pub handshake: u16,
     /// The ports of interest when `port_filter` is [`port_filter::INLINE`].
     pub ports: [u16; INLINE_PORTS],
     pub offsets: Offsets,

@@ -24,7 +24,7 @@
 
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated},
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
@@ -34,6 +34,10 @@ use loadprobe_common::{
 };
 
 const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: u8 = tcp_state::ESTABLISHED;
+const TCP_SYN_SENT: u8 = tcp_state::SYN_SENT;
+const TCP_SYN_RECV: u8 = tcp_state::SYN_RECV;
+const TCP_CLOSE: u8 = tcp_state::CLOSE;
 const TCP_FIN_WAIT1: u8 = tcp_state::FIN_WAIT1;
 const TCP_FIN_WAIT2: u8 = tcp_state::FIN_WAIT2;
 const TCP_CLOSE_WAIT: u8 = tcp_state::CLOSE_WAIT;
@@ -47,6 +51,7 @@ static CONFIG: Config = Config {
     tw_timer_handler: 0,
     netns: 0,
     port_filter: port_filter::NONE,
+    handshake: 1,
     ports: [0; INLINE_PORTS],
     offsets: loadprobe_common::Offsets {
         skc_addrpair: 0,
@@ -64,8 +69,19 @@ static CONFIG: Config = Config {
     },
 };
 
-/// Events to userspace: 8 MiB hold about 130k events, a second of the heaviest churn this tool
-/// has seen, while the reader drains every 20 ms (it is never woken, see [`send`]).
+/// One field of [`CONFIG`], read on its own. Volatile: the value is patched into the object
+/// after compilation (the kernel then knows it as a constant: the map holding it is frozen).
+/// Reading fields one by one, where they are used, keeps the programs from copying the whole
+/// configuration onto the stack first.
+macro_rules! cfg {
+    ($($field:ident).+) => {
+        unsafe { core::ptr::read_volatile(&raw const CONFIG.$($field).+) }
+    };
+}
+
+/// Events to userspace: 8 MiB hold about 116k events (72 bytes with the ring's header), a
+/// second of the heaviest churn this tool has seen, while the reader drains every 20 ms (it is
+/// never woken, see [`socket_event`]).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
@@ -85,17 +101,6 @@ static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
 static NET: Array<u64> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
-fn config() -> Config {
-    // Volatile: the value is patched into the object after compilation.
-    unsafe { core::ptr::read_volatile(&CONFIG) }
-}
-
-#[inline(always)]
-fn tw_timer_handler() -> u64 {
-    unsafe { core::ptr::read_volatile(&CONFIG.tw_timer_handler) }
-}
-
-#[inline(always)]
 fn read<T>(addr: u64) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(addr as *const T) }
 }
@@ -103,20 +108,21 @@ fn read<T>(addr: u64) -> Result<T, i32> {
 /// Network namespace inode of a socket (full or timewait: both start with `sock_common`), or
 /// `None` when it is not the namespace the probe is confined to.
 #[inline(always)]
-fn netns_of(cfg: &Config, sk: u64) -> Result<Option<u32>, i32> {
-    let net: u64 = read(sk + cfg.offsets.skc_net as u64)?;
+fn netns_of(sk: u64) -> Result<Option<u32>, i32> {
+    let want = cfg!(netns);
+    let net: u64 = read(sk + cfg!(offsets.skc_net) as u64)?;
     let known = NET.get_ptr_mut(0);
-    if cfg.netns != 0
+    if want != 0
         && let Some(known) = known
         && unsafe { *known } == net
     {
-        return Ok(Some(cfg.netns));
+        return Ok(Some(want));
     }
-    let inum: u32 = read(net + cfg.offsets.net_inum as u64)?;
-    if cfg.netns == 0 {
+    let inum: u32 = read(net + cfg!(offsets.net_inum) as u64)?;
+    if want == 0 {
         return Ok(Some(inum));
     }
-    if inum != cfg.netns {
+    if inum != want {
         return Ok(None);
     }
     if let Some(known) = known {
@@ -126,33 +132,13 @@ fn netns_of(cfg: &Config, sk: u64) -> Result<Option<u32>, i32> {
 }
 
 #[inline(always)]
-fn wanted_ports(cfg: &Config, sport: u16, dport: u16) -> bool {
-    match cfg.port_filter {
+fn wanted_ports(sport: u16, dport: u16) -> bool {
+    match cfg!(port_filter) {
         port_filter::NONE => true,
-        port_filter::INLINE => cfg
-            .ports
+        port_filter::INLINE => cfg!(ports)
             .iter()
             .any(|&p| p != 0 && (p == sport || p == dport)),
         _ => unsafe { PORTS.get(sport).is_some() || PORTS.get(dport).is_some() },
-    }
-}
-
-/// Hands an event to userspace without waking it. Waking the reader per event cost a context
-/// switch (and an IPI) per event, which under churn halved the load a run could drive; even
-/// asking the ring how full it is, per event, showed in profiles. The reader drains on a timer
-/// instead (`Probe::DRAIN_EVERY`), far inside what the ring holds.
-#[inline(always)]
-fn send(event: Event) {
-    match EVENTS.reserve::<Event>(0) {
-        Some(mut entry) => {
-            entry.write(event);
-            entry.submit(BPF_RB_NO_WAKEUP as u64);
-        }
-        None => {
-            if let Some(lost) = LOST.get_ptr_mut(0) {
-                unsafe { *lost += 1 };
-            }
-        }
     }
 }
 
@@ -164,57 +150,91 @@ enum Sock {
     Timewait,
 }
 
-/// The 4-tuple, family and namespace of a socket, or `None` when it is outside the configured
-/// namespace and ports.
+/// Sends an event for the socket at `sk` unless it is outside the configured namespace and
+/// ports.
+///
+/// The event is written straight into the ring buffer, never built on the stack and copied:
+/// LLVM made the zeroing and the copy calls to byte-loop `memset`/`memcpy`, which in profiles
+/// cost about as much as all the kernel reads together. The reader is never woken:
+/// waking it per event cost a context switch (and an IPI) per event, which under churn halved
+/// the load a run could drive; it drains on a timer instead (`Probe::DRAIN_EVERY`), far inside
+/// what the ring holds.
 #[inline(always)]
-fn socket_event(
-    cfg: &Config,
-    sk: u64,
-    sock: Sock,
-    kind: u8,
-    old_state: u8,
-    new_state: u8,
-) -> Result<Option<Event>, i32> {
-    let o = &cfg.offsets;
-    let Some(netns) = netns_of(cfg, sk)? else {
-        return Ok(None);
+fn socket_event(sk: u64, sock: Sock, kind: u8, old_state: u8, new_state: u8) -> Result<(), i32> {
+    let Some(netns) = netns_of(sk)? else {
+        return Ok(());
     };
     // skc_dport (network order), skc_num, skc_family.
-    let ports: [u8; 6] = read(sk + o.skc_portpair as u64)?;
+    let ports: [u8; 6] = read(sk + cfg!(offsets.skc_portpair) as u64)?;
     let dport = u16::from_be_bytes([ports[0], ports[1]]);
     let sport = match sock {
-        Sock::Full => u16::from_be(read(sk + o.inet_sport as u64)?),
+        Sock::Full => u16::from_be(read(sk + cfg!(offsets.inet_sport) as u64)?),
         Sock::Timewait => u16::from_ne_bytes([ports[2], ports[3]]),
     };
-    if !wanted_ports(cfg, sport, dport) {
-        return Ok(None);
+    if !wanted_ports(sport, dport) {
+        return Ok(());
     }
     let family = u16::from_ne_bytes([ports[4], ports[5]]);
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    if family == AF_INET6 {
-        saddr = read(sk + o.skc_v6_rcv_saddr as u64)?;
-        daddr = read(sk + o.skc_v6_daddr as u64)?;
-    } else if family == AF_INET {
-        // skc_daddr, skc_rcv_saddr.
-        let pair: [u8; 8] = read(sk + o.skc_addrpair as u64)?;
-        daddr[..4].copy_from_slice(&pair[..4]);
-        saddr[..4].copy_from_slice(&pair[4..]);
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        if let Some(lost) = LOST.get_ptr_mut(0) {
+            unsafe { *lost += 1 };
+        }
+        return Ok(());
+    };
+    let e = entry.as_mut_ptr();
+    if let Err(err) = write_addresses(e, sk, family) {
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+        return Err(err);
     }
-    Ok(Some(Event {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        addr: sk,
-        netns,
-        sport,
-        dport,
-        saddr,
-        daddr,
-        family,
-        kind,
-        old_state,
-        new_state,
-        _pad: [0; 3],
-    }))
+    unsafe {
+        (*e).ts_ns = bpf_ktime_get_ns();
+        (*e).addr = sk;
+        (*e).netns = netns;
+        (*e).sport = sport;
+        (*e).dport = dport;
+        (*e).family = family;
+        // Volatile: LLVM merges these byte stores, mostly zeros, into a call to a byte-loop
+        // memset.
+        (&raw mut (*e).kind).write_volatile(kind);
+        (&raw mut (*e).old_state).write_volatile(old_state);
+        (&raw mut (*e).new_state).write_volatile(new_state);
+        let pad = (&raw mut (*e)._pad).cast::<u8>();
+        for i in 0..3 {
+            pad.add(i).write_volatile(0);
+        }
+    }
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    Ok(())
+}
+
+/// Reads the socket's addresses straight into the event: 16 bytes each for IPv6, the first 4
+/// for IPv4 (the rest zero).
+#[inline(always)]
+fn write_addresses(e: *mut Event, sk: u64, family: u16) -> Result<(), i32> {
+    let saddr = unsafe { &raw mut (*e).saddr }.cast::<u8>();
+    let daddr = unsafe { &raw mut (*e).daddr }.cast::<u8>();
+    if family == AF_INET6 {
+        read_into(saddr, 16, sk + cfg!(offsets.skc_v6_rcv_saddr) as u64)?;
+        return read_into(daddr, 16, sk + cfg!(offsets.skc_v6_daddr) as u64);
+    }
+    // skc_daddr, skc_rcv_saddr; no addresses for a family this tool does not know.
+    let pair: [u32; 2] = if family == AF_INET {
+        read(sk + cfg!(offsets.skc_addrpair) as u64)?
+    } else {
+        [0, 0]
+    };
+    unsafe {
+        saddr.cast::<[u32; 4]>().write([pair[1], 0, 0, 0]);
+        daddr.cast::<[u32; 4]>().write([pair[0], 0, 0, 0]);
+    }
+    Ok(())
+}
+
+/// Reads `len` bytes of kernel memory at `src` into `dst` (here: a ring buffer entry).
+#[inline(always)]
+fn read_into(dst: *mut u8, len: u32, src: u64) -> Result<(), i32> {
+    let rc = unsafe { generated::bpf_probe_read_kernel(dst.cast(), len, src as *const _) };
+    if rc == 0 { Ok(()) } else { Err(rc as i32) }
 }
 
 // `inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)`.
@@ -314,15 +334,17 @@ fn try_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
     {
         return Ok(());
     }
-    let cfg = config();
-    let sk: u64 = ctx.arg(0);
-    if read::<u16>(sk + cfg.offsets.sk_protocol as u64)? != IPPROTO_TCP {
+    if cfg!(handshake) == 0
+        && ((old, new) == (TCP_CLOSE, TCP_SYN_SENT)
+            || (old, new) == (TCP_SYN_RECV, TCP_ESTABLISHED))
+    {
         return Ok(());
     }
-    if let Some(event) = socket_event(&cfg, sk, Sock::Full, kind::SET_STATE, old, new)? {
-        send(event);
+    let sk: u64 = ctx.arg(0);
+    if read::<u16>(sk + cfg!(offsets.sk_protocol) as u64)? != IPPROTO_TCP {
+        return Ok(());
     }
-    Ok(())
+    socket_event(sk, Sock::Full, kind::SET_STATE, old, new)
 }
 
 /// `tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason)`.
@@ -347,27 +369,19 @@ fn reset_event(ctx: &RawTracePointContext, kind: u8) -> Result<(), i32> {
     if sk == 0 {
         return Ok(());
     }
-    let cfg = config();
-    let state: u8 = read(sk + cfg.offsets.skc_state as u64)?;
+    let state: u8 = read(sk + cfg!(offsets.skc_state) as u64)?;
     if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
         return Ok(());
     }
-    if let Some(event) = socket_event(&cfg, sk, Sock::Full, kind, 0, 0)? {
-        send(event);
-    }
-    Ok(())
+    socket_event(sk, Sock::Full, kind, 0, 0)
 }
 
 /// Sends an event for the timewait socket that owns `timer`.
 #[inline(always)]
 fn timewait_event(timer: u64, kind: u8) -> Result<(), i32> {
-    let cfg = config();
-    let tw = timer - cfg.offsets.tw_timer as u64;
-    let substate: u8 = read(tw + cfg.offsets.tw_substate as u64)?;
-    if let Some(event) = socket_event(&cfg, tw, Sock::Timewait, kind, substate, 0)? {
-        send(event);
-    }
-    Ok(())
+    let tw = timer - cfg!(offsets.tw_timer) as u64;
+    let substate: u8 = read(tw + cfg!(offsets.tw_substate) as u64)?;
+    socket_event(tw, Sock::Timewait, kind, substate, 0)
 }
 
 /// The timer tracepoints fire for every timer in the system: compare the callback first and
@@ -375,13 +389,12 @@ fn timewait_event(timer: u64, kind: u8) -> Result<(), i32> {
 /// timer itself (none of the three tracepoints passes it as an argument).
 #[inline(always)]
 fn timewait_timer(ctx: &RawTracePointContext) -> Option<u64> {
-    let handler = tw_timer_handler();
+    let handler = cfg!(tw_timer_handler);
     if handler == 0 {
         return None;
     }
     let timer: u64 = ctx.arg(0);
-    let function_at = unsafe { core::ptr::read_volatile(&CONFIG.offsets.timer_function) };
-    let function: u64 = read(timer + function_at as u64).ok()?;
+    let function: u64 = read(timer + cfg!(offsets.timer_function) as u64).ok()?;
     (function == handler).then_some(timer)
 }
 

@@ -9,7 +9,6 @@
 //! run driven from inside a namespace describes that namespace.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::driver::timewait::TwSampler;
@@ -71,24 +70,26 @@ pub async fn run_once(run: RunOnce<'_>) -> Result<RunRecord, RunError> {
         netns,
         ports: vec![config.target.addr.port()],
         timewait: true,
-    };
-    let window_start = {
-        let live = live.clone();
-        move || Some(live.window_start_ns.load(Ordering::Relaxed)).filter(|&ns| ns != 0)
+        handshake: false,
     };
     let probe = match probe {
         ProbePlan::Off(reason) => Err(reason),
         ProbePlan::Try(netns) => {
-            Session::start(&options(netns), window_start).map_err(|e| e.to_string())
+            Session::start(&options(netns), live.clone()).map_err(|e| e.to_string())
         }
-        ProbePlan::Require(netns) => Ok(Session::start(&options(netns), window_start)?),
+        ProbePlan::Require(netns) => Ok(Session::start(&options(netns), live.clone())?),
     };
+    // Without the probe's timewait tracking, TIME_WAIT counts come from sampling the socket
+    // table (under churn that costs the load as much as the probe's own reading: not both).
     if let Err(reason) = &probe {
         warn(&format!(
             "probe off ({reason}); TIME_WAIT counts come from sock_diag"
         ));
     }
-    let sampler = TwSampler::start(config.target.addr, live.clone(), Duration::from_secs(1)).ok();
+    let sampler = match &probe {
+        Ok(session) if session.tracks_timewait() => None,
+        _ => TwSampler::start(config.target.addr, live.clone(), Duration::from_secs(1)).ok(),
+    };
 
     let result = drive(config.clone(), live, stop).await;
 

@@ -8,7 +8,7 @@
 use std::io;
 use std::time::Instant;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
 
 use super::errors::ErrorClass;
@@ -76,6 +76,35 @@ pub(crate) async fn read_to_eof(
         buf.clear();
         if fill(stream, buf).await? == 0 {
             return Ok(());
+        }
+    }
+}
+
+/// Waits for the server's FIN after a complete response (`server-close`). Often epoll has
+/// already reported it (with the response: a server writes and closes back to back), and then
+/// no read is needed: closing with nothing but the FIN unread is an ordinary close, not an
+/// abort. A reset also ends the wait: the server ended the connection either way.
+pub(crate) async fn wait_for_fin(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<(), ErrorClass> {
+    loop {
+        let ready = stream
+            .ready(Interest::READABLE)
+            .await
+            .map_err(|e| ErrorClass::from_io(&e))?;
+        if ready.is_read_closed() {
+            return Ok(());
+        }
+        buf.clear();
+        if buf.capacity() < 2048 {
+            buf.reserve(8192);
+        }
+        match stream.try_read_buf(buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(ErrorClass::from_io(&e)),
         }
     }
 }

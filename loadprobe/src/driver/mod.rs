@@ -179,7 +179,7 @@ pub struct Live {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
     pub connections: AtomicU64,
-    /// Latest TIME_WAIT counts per side, written by the sampler.
+    /// Latest TIME_WAIT counts per side, written by the probe (or the sampler without it).
     pub tw_client: AtomicU64,
     pub tw_server: AtomicU64,
     /// Set once warmup is over.

@@ -18,7 +18,7 @@ use tokio::time::timeout;
 
 use super::connect::Connector;
 use super::errors::ErrorClass;
-use super::http::{read_response, read_to_eof};
+use super::http::{read_response, wait_for_fin};
 use super::hyper_client::{self, HyperRequest};
 use super::stats::{Recorder, Sample};
 use super::{DriverConfig, DriverError, HttpClient, Live, Mode, Stop};
@@ -211,7 +211,7 @@ impl Ctx {
             Mode::ServerClose => {
                 // A reset after the response also ended the connection from the server: only
                 // a timeout means the server never closed.
-                let eof = read_to_eof(&mut conn.stream, buf);
+                let eof = wait_for_fin(&mut conn.stream, buf);
                 fin_missing = timeout(self.cfg.request_timeout, eof).await.is_err();
                 drop(conn)
             }

@@ -2,7 +2,7 @@
 //! driver works, so the driver's runtime never waits on it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,14 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::summary::Summary;
 use super::track::{Side, Totals, Tracker};
 use super::{Probe, ProbeError, ProbeOptions};
-
-/// TIME_WAIT sockets alive, per side, as the probe sees them now.
-#[derive(Debug, Default)]
-pub struct Live {
-    pub time_wait_client: AtomicU64,
-    pub time_wait_server: AtomicU64,
-    pub connections: AtomicU64,
-}
+use crate::driver::Live;
 
 /// TIME_WAIT sockets alive per side at one moment of a run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +32,7 @@ pub struct SessionReport {
 
 pub struct Session {
     stop: Arc<AtomicBool>,
-    live: Arc<Live>,
+    tracks_timewait: bool,
     thread: JoinHandle<Result<SessionReport, ProbeError>>,
 }
 
@@ -49,29 +42,32 @@ const SETTLE: Duration = Duration::from_millis(300);
 impl Session {
     /// Attaches the probe (errors, e.g. missing privileges, surface here) and starts reading.
     ///
-    /// `window_start` gives the start of the run's measured window (CLOCK_MONOTONIC ns) once
-    /// the warmup is over. The report's counts (closers, TIME_WAIT entered and ended, lifetimes,
-    /// peaks) cover what happened from then on, like the driver's own figures; the TIME_WAIT
-    /// timeline covers the whole run.
-    pub fn start(
-        options: &ProbeOptions,
-        window_start: impl Fn() -> Option<u64> + Send + 'static,
-    ) -> Result<Session, ProbeError> {
+    /// The session keeps the run's live TIME_WAIT counts (`tw_client`, `tw_server`) current
+    /// when it tracks timewait sockets ([`Session::tracks_timewait`]), and takes the start of the measured window from `window_start_ns` once the warmup is
+    /// over: the report's counts (closers, TIME_WAIT entered and ended, lifetimes, peaks) cover
+    /// what happened from then on, like the driver's own figures; the TIME_WAIT timeline
+    /// covers the whole run.
+    pub fn start(options: &ProbeOptions, live: Arc<Live>) -> Result<Session, ProbeError> {
         let probe = Probe::attach(options)?;
+        let tracks_timewait = probe.timewait_unavailable().is_none();
         let stop = Arc::new(AtomicBool::new(false));
-        let live = Arc::new(Live::default());
         let thread = {
-            let (stop, live) = (Arc::clone(&stop), Arc::clone(&live));
+            let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("loadprobe-probe".into())
-                .spawn(move || read(probe, &stop, &live, window_start))
+                .spawn(move || read(probe, &stop, &live))
                 .map_err(ProbeError::Read)?
         };
-        Ok(Session { stop, live, thread })
+        Ok(Session {
+            stop,
+            tracks_timewait,
+            thread,
+        })
     }
 
-    pub fn live(&self) -> &Live {
-        &self.live
+    /// Whether the probe follows timewait sockets (it proves who closed either way).
+    pub fn tracks_timewait(&self) -> bool {
+        self.tracks_timewait
     }
 
     /// Stops reading (after a short settle so that the last closes are seen) and reports.
@@ -83,18 +79,17 @@ impl Session {
     }
 }
 
-fn read(
-    mut probe: Probe,
-    stop: &AtomicBool,
-    live: &Live,
-    window_start: impl Fn() -> Option<u64>,
-) -> Result<SessionReport, ProbeError> {
-    let mut tracker = Tracker::new(probe.timewait_unavailable().is_none()).records_at_close();
+fn read(mut probe: Probe, stop: &AtomicBool, live: &Live) -> Result<SessionReport, ProbeError> {
+    let tracks_timewait = probe.timewait_unavailable().is_none();
+    let mut tracker = Tracker::new(tracks_timewait).records_at_close();
     // The totals at the start of the measured window, taken at the first event at or after it.
     let mut warmup: Option<Totals> = None;
     let mut event = |tracker: &mut Tracker, e: &Event| {
-        if warmup.is_none() && window_start().is_some_and(|at| e.ts_ns >= at) {
-            warmup = Some(tracker.mark());
+        if warmup.is_none() {
+            let at = live.window_start_ns.load(Ordering::Relaxed);
+            if at != 0 && e.ts_ns >= at {
+                warmup = Some(tracker.mark());
+            }
         }
         tracker.event(e);
     };
@@ -108,12 +103,12 @@ fn read(
         tracker.drain().for_each(drop);
         let totals = tracker.totals();
         let current = |s: Side| totals.time_wait.get(&s).map_or(0, |t| t.current);
-        live.time_wait_client
-            .store(current(Side::Client), Ordering::Relaxed);
-        live.time_wait_server
-            .store(current(Side::Server), Ordering::Relaxed);
-        live.connections
-            .store(totals.closer.values().sum(), Ordering::Relaxed);
+        if tracks_timewait {
+            live.tw_client
+                .store(current(Side::Client), Ordering::Relaxed);
+            live.tw_server
+                .store(current(Side::Server), Ordering::Relaxed);
+        }
         if started.elapsed() >= next_second {
             timeline.push(TimeWaitPoint {
                 t_ms: started.elapsed().as_millis() as u64,

@@ -2,8 +2,9 @@
 //! took, and the life of each TIME_WAIT socket it left behind.
 //!
 //! Facts this relies on (shared/kernel/TIME_WAIT.md, sections 2 and 3):
-//! * A client end is the socket that went `CLOSE->SYN_SENT`; a server end appears as
-//!   `LISTEN->SYN_RECV`. Both ends of a loopback or veth connection on this host are seen.
+//! * A client end is the socket that went `CLOSE->SYN_SENT` (or, without the handshake
+//!   events, first shows leaving `SYN_SENT`); a server end appears as `LISTEN->SYN_RECV`. Both
+//!   ends of a loopback or veth connection on this host are seen.
 //! * The end that goes `ESTABLISHED->FIN_WAIT1` sent the first FIN; the other goes
 //!   `ESTABLISHED->CLOSE_WAIT`. Both going `FIN_WAIT1` is a simultaneous close.
 //! * An abort shows as `ESTABLISHED->CLOSE` on both ends; `tcp_send_reset` says who sent it.
@@ -520,19 +521,26 @@ impl Tracker {
             return; // self transitions carry nothing; listeners are not connections
         }
         let (local, remote) = endpoints(e);
-        let opening = matches!(
-            (old, new),
-            (st::CLOSE, st::SYN_SENT) | (st::LISTEN, st::SYN_RECV)
-        );
+        let opening = match (old, new) {
+            (st::CLOSE, st::SYN_SENT) | (st::LISTEN, st::SYN_RECV) => true,
+            // A client end opened at `CLOSE->SYN_SENT` is not established yet; any other is
+            // new here (the probe leaves `CLOSE->SYN_SENT` out when told to, see
+            // `ProbeOptions::handshake`, or started after it).
+            (st::SYN_SENT, _) => !self
+                .ends
+                .get(&e.addr)
+                .is_some_and(|end| end.role == Role::Client && end.established_ns.is_none()),
+            _ => false,
+        };
         if opening {
             if let Some(stale) = self.ends.remove(&e.addr) {
                 // The kernel reused the address of a socket whose close we did not see.
                 self.close_end(e.addr, stale, true);
             }
-            let role = if new == st::SYN_SENT {
-                Role::Client
-            } else {
+            let role = if new == st::SYN_RECV {
                 Role::Server
+            } else {
+                Role::Client
             };
             self.ends.insert(
                 e.addr,

@@ -32,6 +32,8 @@ fn tw_event(ts_ns: u64, kind: u8, addr: u64, substate: u8, sport: u16, dport: u1
 struct Replay {
     t: Tracker,
     now: u64,
+    /// Whether the probe sends the handshake steps (`ProbeOptions::handshake`).
+    handshake: bool,
 }
 
 const CPORT: u16 = 40000;
@@ -42,6 +44,15 @@ impl Replay {
         Replay {
             t: Tracker::new(true),
             now: 1_000 * MS,
+            handshake: true,
+        }
+    }
+
+    /// As the probe of a run sends them: without the handshake steps.
+    fn without_handshake() -> Replay {
+        Replay {
+            handshake: false,
+            ..Replay::new()
         }
     }
 
@@ -56,6 +67,9 @@ impl Replay {
 
     /// A state change of the client (`side_client`) or server end.
     fn st(&mut self, side_client: bool, old: u8, new: u8) -> &mut Self {
+        if !self.handshake && matches!((old, new), (CLOSE, SYN_SENT) | (SYN_RECV, ESTABLISHED)) {
+            return self;
+        }
         let (a, sport, dport) = if side_client {
             (C, CPORT, SPORT)
         } else {
@@ -484,4 +498,56 @@ fn counts_since_a_mark_leave_out_what_came_before() {
     // The whole run still has everything.
     assert_eq!(r.t.totals().closer[&Closer::Client], 1);
     assert_eq!(r.t.totals().time_wait[&Side::Client].entered, 1);
+}
+
+#[test]
+fn without_the_handshake_steps_the_closers_and_timewait_sockets_are_the_same() {
+    type Scenario = fn(&mut Replay);
+    let scenarios: [(&str, Scenario); 5] = [
+        ("client first", |r| {
+            r.client_first_close();
+        }),
+        ("server first", |r| {
+            r.open()
+                .s(ESTABLISHED, FIN_WAIT1)
+                .c(ESTABLISHED, CLOSE_WAIT)
+                .other(kind::TW_START, false, FIN_WAIT2)
+                .s(FIN_WAIT2, CLOSE)
+                .c(LAST_ACK, CLOSE);
+        }),
+        ("simultaneous", |r| {
+            r.open()
+                .c(ESTABLISHED, FIN_WAIT1)
+                .s(ESTABLISHED, FIN_WAIT1)
+                .other(kind::TW_START, true, TIME_WAIT)
+                .c(CLOSING, CLOSE)
+                .other(kind::TW_START, false, TIME_WAIT)
+                .s(CLOSING, CLOSE);
+        }),
+        ("client reset", |r| {
+            r.open()
+                .c(ESTABLISHED, CLOSE)
+                .other(kind::RST_SENT, true, 0)
+                .other(kind::RST_RECEIVED, false, 0)
+                .s(ESTABLISHED, CLOSE);
+        }),
+        ("refused", |r| {
+            r.c(CLOSE, SYN_SENT)
+                .other(kind::RST_RECEIVED, true, 0)
+                .c(SYN_SENT, CLOSE);
+        }),
+    ];
+    let seen = |mut r: Replay, scenario: Scenario| {
+        scenario(&mut r);
+        let rec = only(r.finish());
+        let tws: Vec<_> = rec.time_wait.iter().map(|t| (t.side, t.end)).collect();
+        (rec.closer, tws, r.t.totals().clone())
+    };
+    for (name, scenario) in scenarios {
+        let (closer, tws, totals) = seen(Replay::without_handshake(), scenario);
+        let (want_closer, want_tws, _) = seen(Replay::new(), scenario);
+        assert_eq!((closer, tws), (want_closer, want_tws), "{name}");
+        assert_eq!(totals.closer.get(&closer), Some(&1), "{name}");
+        assert_ne!(closer, Closer::Unknown, "{name}");
+    }
 }
