@@ -618,7 +618,8 @@ impl Ctx<'_> {
         match tool {
             Tool::Probe | Tool::NoProbe => {
                 cmd = Command::new(self.loadprobe);
-                cmd.args(["run", "--mode", mode, "--users", &c, "--threads", &t])
+                // loadprobe's own thread count: what its users get (see `--threads`).
+                cmd.args(["run", "--mode", mode, "--users", &c])
                     .arg("--duration")
                     .arg(format!("{d}s"))
                     .args(["--target", &self.url()])
@@ -757,7 +758,6 @@ impl Ctx<'_> {
             let mut cmd = Command::new(self.loadprobe);
             cmd.args(["run", "--mode", mode])
                 .args(["--users", &self.args.concurrency.to_string()])
-                .args(["--threads", &self.threads.to_string()])
                 .args(["--requests", &n.to_string(), "--target", &self.url()])
                 .arg("-o")
                 .arg(&record);

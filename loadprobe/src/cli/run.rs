@@ -95,7 +95,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
-    /// Runtime worker threads [default: one per CPU].
+    /// Driver threads, each with an event loop of its own [default: one per CPU; half the
+    /// CPUs in keep-alive, which leaves the cores to a server on the same machine].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// HTTP client code: lean (default) or hyper, to measure what the lean path saves.
@@ -213,6 +214,9 @@ fn plan(args: &RunArgs, fd_limit: u64) -> anyhow::Result<(DriverConfig, bool)> {
         }
     };
     let mut config = DriverConfig::new(target, args.mode, workload);
+    if let Some(threads) = args.threads {
+        config.workers = threads;
+    }
     config.duration = match (args.duration, args.requests) {
         (Some(d), _) => Some(d),
         (None, Some(_)) => None,

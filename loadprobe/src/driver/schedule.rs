@@ -1,9 +1,16 @@
 //! Starting tasks: the closed model's user loops and the open model's fixed schedule, and a
 //! bounded wind-down when the run ends.
+//!
+//! The load runs on [`DriverConfig::workers`] threads, each a single-threaded tokio runtime
+//! with its own epoll instance, timers and tasks, and every `workers`-th user (or scheduled
+//! task) of the run: independent event loops, as wrk has. Tasks on one shared multi-threaded
+//! runtime scaled 1.37× from one thread to two on a 2-core machine, against 1.65× for wrk: one
+//! epoll instance and work stealing make wakeups cross threads.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use super::errors::ErrorClass;
@@ -20,29 +27,30 @@ pub(crate) async fn run(
 ) -> Result<DriverResult, DriverError> {
     let started_at = SystemTime::now();
     let run_start = Instant::now();
-    let workload = config.workload;
+    let workers = config.workers;
     let ctx = Arc::new(Ctx::new(config, live, stop.clone(), run_start)?);
     let marker = tokio::spawn(mark_measuring(ctx.clone()));
-    let mut set = JoinSet::new();
-    match workload {
-        Workload::Closed { users, think_time } => {
-            for user in 0..users as usize {
-                set.spawn(user_loop(ctx.clone(), user, think_time));
+    let mut done = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        match start_worker(ctx.clone(), Share { worker, workers }, run_start) {
+            Ok(rx) => done.push(rx),
+            Err(e) => {
+                // Those already started stop at once; what they measured is dropped with them.
+                stop.stop();
+                for rx in done {
+                    let _ = rx.await;
+                }
+                marker.abort();
+                return Err(DriverError::Config(format!(
+                    "cannot start a driver thread: {e}"
+                )));
             }
-            tokio::select! {
-                _ = join_all(&mut set) => {}
-                _ = stop.wait() => {}
-            }
-        }
-        Workload::Open {
-            rate,
-            max_in_flight,
-        } => {
-            open_schedule(&ctx, &mut set, rate, max_in_flight as usize).await;
         }
     }
-    let _ = tokio::time::timeout(WIND_DOWN, join_all(&mut set)).await;
-    set.abort_all();
+    // A worker that panicked drops its sender: it is finished too.
+    for rx in done {
+        let _ = rx.await;
+    }
     marker.abort();
     let end = Instant::now();
     let stats = ctx.recorder.collect();
@@ -69,6 +77,57 @@ pub(crate) async fn run(
         server_fin_missing: stats.fin_missing,
         interrupted,
     })
+}
+
+/// Which part of the run's users (or scheduled tasks) a worker runs: those whose index is
+/// `worker` modulo `workers`.
+#[derive(Clone, Copy)]
+struct Share {
+    worker: usize,
+    workers: usize,
+}
+
+/// Starts one worker thread; the receiver completes when it is done.
+fn start_worker(
+    ctx: Arc<Ctx>,
+    share: Share,
+    start: Instant,
+) -> std::io::Result<oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (finished, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("driver-{}", share.worker))
+        .spawn(move || {
+            runtime.block_on(worker(ctx, share, start));
+            let _ = finished.send(());
+        })?;
+    Ok(rx)
+}
+
+async fn worker(ctx: Arc<Ctx>, share: Share, start: Instant) {
+    let mut set = JoinSet::new();
+    match ctx.cfg.workload {
+        Workload::Closed { users, think_time } => {
+            for user in (share.worker..users as usize).step_by(share.workers) {
+                set.spawn(user_loop(ctx.clone(), user, think_time));
+            }
+            tokio::select! {
+                _ = join_all(&mut set) => {}
+                _ = ctx.stop.wait() => {}
+            }
+        }
+        Workload::Open {
+            rate,
+            max_in_flight,
+        } => {
+            let cap = (max_in_flight as usize).div_ceil(share.workers);
+            open_schedule(&ctx, &mut set, share, start, rate, cap).await;
+        }
+    }
+    let _ = tokio::time::timeout(WIND_DOWN, join_all(&mut set)).await;
+    set.abort_all();
 }
 
 async fn join_all(set: &mut JoinSet<()>) {
@@ -108,11 +167,19 @@ async fn user_loop(ctx: Arc<Ctx>, user: usize, think_time: Duration) {
     }
 }
 
-/// The open model: task `i` is due at `start + i / rate`, whatever happened to earlier tasks.
-async fn open_schedule(ctx: &Arc<Ctx>, set: &mut JoinSet<()>, rate: f64, max_in_flight: usize) {
-    let start = Instant::now();
-    let mut i: u64 = 0;
-    loop {
+/// The open model: task `i` of the run is due at `start + i / rate`, whatever happened to
+/// earlier tasks; this worker runs its share of them. Idle keep-alive connections wait in the
+/// worker's own pool (a connection belongs to the event loop that opened it).
+async fn open_schedule(
+    ctx: &Arc<Ctx>,
+    set: &mut JoinSet<()>,
+    share: Share,
+    start: Instant,
+    rate: f64,
+    max_in_flight: usize,
+) {
+    let pool = Arc::new(Mutex::new(Vec::new()));
+    for i in (share.worker..).step_by(share.workers) {
         let intended = start + Duration::from_secs_f64(i as f64 / rate);
         if intended > Instant::now() {
             tokio::select! {
@@ -133,18 +200,23 @@ async fn open_schedule(ctx: &Arc<Ctx>, set: &mut JoinSet<()>, rate: f64, max_in_
                 _ = ctx.stop.wait() => return,
             }
         }
-        set.spawn(open_task(ctx.clone(), i as usize, intended, measured));
-        i += 1;
+        set.spawn(open_task(ctx.clone(), pool.clone(), i, intended, measured));
     }
 }
 
-async fn open_task(ctx: Arc<Ctx>, idx: usize, intended: Instant, measured: bool) {
-    let mut slot = lock(&ctx.pool).pop();
+async fn open_task(
+    ctx: Arc<Ctx>,
+    pool: Arc<Mutex<Vec<Conn>>>,
+    idx: usize,
+    intended: Instant,
+    measured: bool,
+) {
+    let mut slot = lock(&pool).pop();
     let mut buf = Vec::with_capacity(4096);
     ctx.run_one(idx, &mut slot, &mut buf, intended, measured)
         .await;
     if let Some(conn) = slot {
-        lock(&ctx.pool).push(conn);
+        lock(&pool).push(conn);
     }
 }
 

@@ -4,10 +4,11 @@
 //!   waiting for the next request, so the client's FIN is first;
 //! - server-close asks for `Connection: close` and reads until the server's EOF before closing,
 //!   so the server's FIN is first;
-//! - reset has SO_LINGER 0 set at socket creation, so the close is an RST.
+//! - reset has SO_LINGER 0 set at socket creation, so the close is an RST;
+//! - keep-alive keeps the connection, unless the server announced its close (then it waits
+//!   for the server's FIN, as server-close does) or `--requests-per-conn` is reached.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -46,8 +47,6 @@ pub(crate) struct Ctx {
     /// End of the measured duration, if any.
     pub deadline: Option<Instant>,
     issued: AtomicU64,
-    /// Idle keep-alive connections for the open model, where tasks do not own one.
-    pub pool: Mutex<Vec<Conn>>,
 }
 
 /// Whether a task may start, and whether it counts.
@@ -91,7 +90,6 @@ impl Ctx {
             window_start,
             deadline,
             issued: AtomicU64::new(0),
-            pool: Mutex::new(Vec::new()),
         })
     }
 
@@ -163,7 +161,8 @@ impl Ctx {
         }
     }
 
-    /// `Ok(true)`: the response was fine but the server never sent its FIN (server-close).
+    /// `Ok(true)`: the response was fine but the server never sent its FIN (server-close, or a
+    /// keep-alive response that announced the close).
     /// An HTTP error status is returned in `s.result`, not as `Err`, so its latency counts.
     async fn exchange(
         &self,
@@ -208,24 +207,30 @@ impl Ctx {
         match self.cfg.mode {
             // Dropping closes: FIN (client-close), or RST because of SO_LINGER 0 (reset).
             Mode::ClientClose | Mode::Reset => drop(conn),
-            Mode::ServerClose => {
-                // A reset after the response also ended the connection from the server: only
-                // a timeout means the server never closed.
-                let eof = wait_for_fin(&mut conn.stream, buf);
-                fin_missing = timeout(self.cfg.request_timeout, eof).await.is_err();
-                drop(conn)
+            Mode::ServerClose => fin_missing = self.wait_for_fin(&mut conn, buf).await,
+            // The server said it closes: let it, so that its FIN comes first, as it meant.
+            Mode::KeepAlive if response.close => {
+                fin_missing = self.wait_for_fin(&mut conn, buf).await
             }
             Mode::KeepAlive => {
                 let spent = self
                     .cfg
                     .requests_per_conn
                     .is_some_and(|max| conn.used >= max);
-                if !response.close && !spent {
+                if !spent {
                     *slot = Some(conn);
                 }
             }
         }
         Ok(fin_missing)
+    }
+
+    /// Waits for the server's FIN; `true` if it did not come within the request timeout. A
+    /// reset after the response also ended the connection from the server: only a timeout
+    /// means the server never closed.
+    async fn wait_for_fin(&self, conn: &mut Conn, buf: &mut Vec<u8>) -> bool {
+        let eof = wait_for_fin(&mut conn.stream, buf);
+        timeout(self.cfg.request_timeout, eof).await.is_err()
     }
 }
 
