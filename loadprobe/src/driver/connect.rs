@@ -30,11 +30,42 @@ impl Connector {
     }
 
     pub(crate) async fn connect(&self) -> io::Result<TcpStream> {
-        let socket = self.socket()?;
+        let socket = TcpSocket::from_std_stream(self.socket()?.into());
         socket.connect(self.dst).await
     }
 
-    fn socket(&self) -> io::Result<TcpSocket> {
+    /// Opens a connection and sends as much of `request` as it can right away; returns the
+    /// stream, connected, and how many bytes went out. On loopback and to namespaces on this
+    /// host the handshake completes inside `connect()`, so the write succeeds at once: that
+    /// saves a trip through the event loop (waiting to be told the socket is writable) and a
+    /// `getsockopt(SO_ERROR)` per connection. When the handshake is not done yet, it waits
+    /// for it as `connect` does.
+    pub(crate) async fn connect_sending(&self, request: &[u8]) -> io::Result<(TcpStream, usize)> {
+        let socket = self.socket()?;
+        match socket.connect(&self.dst.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        // A socket still in SYN_SENT refuses the write with EAGAIN, or with the connection's
+        // error if it has already failed (ECONNREFUSED...).
+        let sent = match socket.send(request) {
+            Ok(n) => Some(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => return Err(e),
+        };
+        let stream = TcpStream::from_std(socket.into())?;
+        if let Some(n) = sent {
+            return Ok((stream, n));
+        }
+        stream.writable().await?;
+        match stream.take_error()? {
+            Some(e) => Err(e),
+            None => Ok((stream, 0)),
+        }
+    }
+
+    fn socket(&self) -> io::Result<Socket> {
         let socket = Socket::new(
             Domain::for_address(self.dst),
             Type::STREAM.nonblocking().cloexec(),
@@ -53,8 +84,7 @@ impl Connector {
         }
         // The request goes out in one write; with keep-alive, Nagle could hold a tail segment.
         socket.set_tcp_nodelay(true)?;
-        let std_stream: std::net::TcpStream = socket.into();
-        Ok(TcpSocket::from_std_stream(std_stream))
+        Ok(socket)
     }
 }
 

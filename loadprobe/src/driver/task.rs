@@ -170,26 +170,26 @@ impl Ctx {
         buf: &mut Vec<u8>,
         s: &mut Sample,
     ) -> Result<bool, ErrorClass> {
-        let mut conn = match slot.take() {
-            Some(conn) => conn,
+        let (mut conn, sent) = match slot.take() {
+            Some(conn) => (conn, 0),
             None => {
                 let t = Instant::now();
-                let stream = match timeout(self.cfg.connect_timeout, self.connector.connect()).await
-                {
-                    Err(_) => return Err(ErrorClass::Timeout),
-                    Ok(Err(e)) => return Err(ErrorClass::from_io(&e)),
-                    Ok(Ok(stream)) => stream,
-                };
-                s.connect = Some(t.elapsed());
                 if let Some(req) = &self.hyper {
+                    let stream = connected(
+                        timeout(self.cfg.connect_timeout, self.connector.connect()).await,
+                    )?;
+                    s.connect = Some(t.elapsed());
                     return hyper_client::exchange(&self.cfg, req, stream, s).await;
                 }
-                Conn { stream, used: 0 }
+                let connect = self.connector.connect_sending(&self.wire);
+                let (stream, sent) = connected(timeout(self.cfg.connect_timeout, connect).await)?;
+                s.connect = Some(t.elapsed());
+                (Conn { stream, used: 0 }, sent)
             }
         };
         let response = timeout(self.cfg.request_timeout, async {
             conn.stream
-                .write_all(&self.wire)
+                .write_all(&self.wire[sent..])
                 .await
                 .map_err(|e| ErrorClass::from_io(&e))?;
             read_response(&mut conn.stream, buf, self.head, &mut s.first_byte).await
@@ -234,6 +234,17 @@ impl Ctx {
     }
 }
 
+/// The outcome of a connect under its timeout.
+fn connected<T>(
+    outcome: Result<std::io::Result<T>, tokio::time::error::Elapsed>,
+) -> Result<T, ErrorClass> {
+    match outcome {
+        Err(_) => Err(ErrorClass::Timeout),
+        Ok(Err(e)) => Err(ErrorClass::from_io(&e)),
+        Ok(Ok(connected)) => Ok(connected),
+    }
+}
+
 fn is_stale_keepalive(outcome: &Result<bool, ErrorClass>) -> bool {
     matches!(
         outcome,
@@ -246,14 +257,11 @@ fn is_stale_keepalive(outcome: &Result<bool, ErrorClass>) -> bool {
 pub(crate) async fn preflight(cfg: &DriverConfig) -> Result<(), DriverError> {
     // SO_LINGER 0: the check leaves no TIME_WAIT behind to skew the counts.
     let connector = Connector::new(cfg.target.addr, cfg.source_ips.clone(), true);
-    let unreachable = |class| DriverError::Unreachable {
-        addr: cfg.target.addr,
-        class,
-    };
-    match timeout(cfg.connect_timeout, connector.connect()).await {
-        Err(_) => Err(unreachable(ErrorClass::Timeout)),
-        Ok(Err(e)) => Err(unreachable(ErrorClass::from_io(&e))),
-        // Closed right away; the server sees a connection with no request, which it tolerates.
-        Ok(Ok(_stream)) => Ok(()),
-    }
+    // Closed right away; the server sees a connection with no request, which it tolerates.
+    connected(timeout(cfg.connect_timeout, connector.connect()).await)
+        .map(drop)
+        .map_err(|class| DriverError::Unreachable {
+            addr: cfg.target.addr,
+            class,
+        })
 }

@@ -406,3 +406,67 @@ fn open_model_keep_alive_pools_connections() {
         o.result.connections_opened
     );
 }
+
+/// A connect whose handshake does not complete inside `connect()`: the listener's accept
+/// queue is full, so the SYN is dropped and retransmitted a second later, after the queue was
+/// emptied. The driver must wait for the handshake and then send its whole request.
+#[test]
+fn a_handshake_that_completes_late_still_carries_the_request() {
+    use socket2::{Domain, Socket, Type};
+    use std::io::{Read, Write};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let listener: std::net::TcpListener = listener.into();
+    // Fills the accept queue (backlog 0 holds one).
+    let fillers: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)))
+        .collect();
+    let server = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        // The fillers first, then the driver's connection once its SYN comes again.
+        loop {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            conn.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            while !request.ends_with(b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            if request.starts_with(b"GET ") {
+                conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .unwrap();
+                return request;
+            }
+        }
+    });
+    let result = runtime().block_on(async {
+        let mut config = DriverConfig::new(
+            Target::from_addr(addr),
+            Mode::ClientClose,
+            Workload::Closed {
+                users: 1,
+                think_time: Duration::ZERO,
+            },
+        );
+        config.duration = None;
+        config.requests = Some(1);
+        drive(config, Arc::default(), Stop::default())
+            .await
+            .expect("drive")
+    });
+    let request = server.join().expect("server");
+    drop(fillers);
+    assert_eq!((result.ok, result.total), (1, 1), "{:?}", result.errors);
+    assert!(request.ends_with(b"\r\n\r\n"), "{request:?}");
+    // The retransmitted SYN, not the first one, opened the connection.
+    let connect_us = result.histograms.connect.max();
+    assert!(connect_us >= 500_000, "connect took {connect_us} µs");
+}
