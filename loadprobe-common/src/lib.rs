@@ -126,11 +126,12 @@ pub struct Config {
     pub netns: u32,
     /// One of [`port_filter`].
     pub port_filter: u16,
-    /// 1: send the two handshake steps that only time a connect (the client's
-    /// `CLOSE->SYN_SENT` and the server's `SYN_RECV->ESTABLISHED`, for records' `connect_us`).
-    /// 0 leaves them out, two events fewer per connection: the ends are still known from the
-    /// client's `SYN_SENT->ESTABLISHED` and the server's `LISTEN->SYN_RECV`.
-    pub handshake: u16,
+    /// 1: send every step a connection record needs. 0: leave out three steps whose facts a
+    /// later event carries too, for totals (a run): the client's `CLOSE->SYN_SENT` and the
+    /// server's `SYN_RECV->ESTABLISHED` only time the handshake (the ends are still known from
+    /// `SYN_SENT->ESTABLISHED` and `LISTEN->SYN_RECV`), and an end's
+    /// `ESTABLISHED->CLOSE_WAIT` is implied by its `CLOSE_WAIT|LAST_ACK->CLOSE`.
+    pub records: u16,
     /// The ports of interest when `port_filter` is [`port_filter::INLINE`].
     pub ports: [u16; INLINE_PORTS],
     pub offsets: Offsets,

@@ -51,7 +51,7 @@ static CONFIG: Config = Config {
     tw_timer_handler: 0,
     netns: 0,
     port_filter: port_filter::NONE,
-    handshake: 1,
+    records: 1,
     ports: [0; INLINE_PORTS],
     offsets: loadprobe_common::Offsets {
         skc_addrpair: 0,
@@ -334,9 +334,13 @@ fn try_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
     {
         return Ok(());
     }
-    if cfg!(handshake) == 0
-        && ((old, new) == (TCP_CLOSE, TCP_SYN_SENT)
-            || (old, new) == (TCP_SYN_RECV, TCP_ESTABLISHED))
+    if cfg!(records) == 0
+        && matches!(
+            (old, new),
+            (TCP_CLOSE, TCP_SYN_SENT)
+                | (TCP_SYN_RECV, TCP_ESTABLISHED)
+                | (TCP_ESTABLISHED, TCP_CLOSE_WAIT)
+        )
     {
         return Ok(());
     }

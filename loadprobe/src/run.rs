@@ -70,7 +70,7 @@ pub async fn run_once(run: RunOnce<'_>) -> Result<RunRecord, RunError> {
         netns,
         ports: vec![config.target.addr.port()],
         timewait: true,
-        handshake: false,
+        records: false,
     };
     let probe = match probe {
         ProbePlan::Off(reason) => Err(reason),

@@ -54,7 +54,7 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         },
         ports: args.ports.clone(),
         timewait: true,
-        handshake: true,
+        records: true,
     };
     let mut probe = Probe::attach(&options)?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -77,9 +77,10 @@ pub struct ProbeOptions {
     /// Follow timewait sockets through their timer (issue: the heart of the product); off only
     /// for benchmarks of the state events alone.
     pub timewait: bool,
-    /// Send the handshake steps that only time a connect (records' `connect_us`). A run needs
-    /// totals, not records, and leaves them out: two events fewer per connection.
-    pub handshake: bool,
+    /// Send every step connection records need. A run needs totals, not records, and leaves
+    /// out three steps whose facts later events carry too (`Config::records`): three events
+    /// fewer per connection.
+    pub records: bool,
 }
 
 /// The loaded and attached probe. Dropping it detaches every program.
@@ -115,7 +116,7 @@ impl Probe {
         let mut config = Config {
             tw_timer_handler: *timewait.as_ref().unwrap_or(&0),
             netns,
-            handshake: options.handshake.into(),
+            records: options.records.into(),
             offsets,
             ..Config::default()
         };

@@ -2,11 +2,12 @@
 //! took, and the life of each TIME_WAIT socket it left behind.
 //!
 //! Facts this relies on (shared/kernel/TIME_WAIT.md, sections 2 and 3):
-//! * A client end is the socket that went `CLOSE->SYN_SENT` (or, without the handshake
-//!   events, first shows leaving `SYN_SENT`); a server end appears as `LISTEN->SYN_RECV`. Both
-//!   ends of a loopback or veth connection on this host are seen.
+//! * A client end is the socket that went `CLOSE->SYN_SENT` (or, when the probe leaves that
+//!   step out, `ProbeOptions::records`, first shows leaving `SYN_SENT`); a server end appears as
+//!   `LISTEN->SYN_RECV`. Both ends of a loopback or veth connection on this host are seen.
 //! * The end that goes `ESTABLISHED->FIN_WAIT1` sent the first FIN; the other goes
-//!   `ESTABLISHED->CLOSE_WAIT`. Both going `FIN_WAIT1` is a simultaneous close.
+//!   `ESTABLISHED->CLOSE_WAIT`, and later `CLOSE_WAIT|LAST_ACK->CLOSE` (which alone tells,
+//!   when the probe leaves out the former). Both going `FIN_WAIT1` is a simultaneous close.
 //! * An abort shows as `ESTABLISHED->CLOSE` on both ends; `tcp_send_reset` says who sent it.
 //! * A timewait socket never appears on `inet_sock_set_state`. Its timer does: `timer_start`
 //!   right before the full socket's `FIN_WAIT2->CLOSE`/`CLOSING->CLOSE`; `timer_cancel` then
@@ -525,7 +526,7 @@ impl Tracker {
             (st::CLOSE, st::SYN_SENT) | (st::LISTEN, st::SYN_RECV) => true,
             // A client end opened at `CLOSE->SYN_SENT` is not established yet; any other is
             // new here (the probe leaves `CLOSE->SYN_SENT` out when told to, see
-            // `ProbeOptions::handshake`, or started after it).
+            // `ProbeOptions::records`, or started after it).
             (st::SYN_SENT, _) => !self
                 .ends
                 .get(&e.addr)
@@ -578,6 +579,11 @@ impl Tracker {
             }
             (st::ESTABLISHED, st::CLOSE_WAIT) => self.act(e.addr, Act::GotFin, e.ts_ns),
             (_, st::CLOSE) => {
+                if matches!(old, st::CLOSE_WAIT | st::LAST_ACK) {
+                    // It got the FIN first: known already unless the probe left out its
+                    // `ESTABLISHED->CLOSE_WAIT` (then this is the act's time as far as we know).
+                    self.act(e.addr, Act::GotFin, e.ts_ns);
+                }
                 if let Some(mut end) = self.ends.remove(&e.addr) {
                     end.closed_ns = Some(e.ts_ns);
                     let into_tw = matches!(old, st::FIN_WAIT2 | st::CLOSING);

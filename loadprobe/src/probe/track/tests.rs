@@ -32,8 +32,8 @@ fn tw_event(ts_ns: u64, kind: u8, addr: u64, substate: u8, sport: u16, dport: u1
 struct Replay {
     t: Tracker,
     now: u64,
-    /// Whether the probe sends the handshake steps (`ProbeOptions::handshake`).
-    handshake: bool,
+    /// Whether the probe sends every step records need (`ProbeOptions::records`).
+    records: bool,
 }
 
 const CPORT: u16 = 40000;
@@ -44,14 +44,14 @@ impl Replay {
         Replay {
             t: Tracker::new(true),
             now: 1_000 * MS,
-            handshake: true,
+            records: true,
         }
     }
 
-    /// As the probe of a run sends them: without the handshake steps.
-    fn without_handshake() -> Replay {
+    /// As the probe of a run sends them: without the steps only records need.
+    fn totals_only() -> Replay {
         Replay {
-            handshake: false,
+            records: false,
             ..Replay::new()
         }
     }
@@ -67,7 +67,11 @@ impl Replay {
 
     /// A state change of the client (`side_client`) or server end.
     fn st(&mut self, side_client: bool, old: u8, new: u8) -> &mut Self {
-        if !self.handshake && matches!((old, new), (CLOSE, SYN_SENT) | (SYN_RECV, ESTABLISHED)) {
+        let optional = matches!(
+            (old, new),
+            (CLOSE, SYN_SENT) | (SYN_RECV, ESTABLISHED) | (ESTABLISHED, CLOSE_WAIT)
+        );
+        if optional && !self.records {
             return self;
         }
         let (a, sport, dport) = if side_client {
@@ -501,9 +505,9 @@ fn counts_since_a_mark_leave_out_what_came_before() {
 }
 
 #[test]
-fn without_the_handshake_steps_the_closers_and_timewait_sockets_are_the_same() {
+fn without_the_steps_only_records_need_the_closers_and_timewait_sockets_are_the_same() {
     type Scenario = fn(&mut Replay);
-    let scenarios: [(&str, Scenario); 5] = [
+    let scenarios: [(&str, Scenario); 7] = [
         ("client first", |r| {
             r.client_first_close();
         }),
@@ -514,6 +518,18 @@ fn without_the_handshake_steps_the_closers_and_timewait_sockets_are_the_same() {
                 .other(kind::TW_START, false, FIN_WAIT2)
                 .s(FIN_WAIT2, CLOSE)
                 .c(LAST_ACK, CLOSE);
+        }),
+        ("server first, the client end alone", |r| {
+            r.c(CLOSE, SYN_SENT)
+                .c(SYN_SENT, ESTABLISHED)
+                .c(ESTABLISHED, CLOSE_WAIT)
+                .c(LAST_ACK, CLOSE);
+        }),
+        ("client first, the server end alone", |r| {
+            r.s(LISTEN, SYN_RECV)
+                .s(SYN_RECV, ESTABLISHED)
+                .s(ESTABLISHED, CLOSE_WAIT)
+                .s(CLOSE_WAIT, CLOSE);
         }),
         ("simultaneous", |r| {
             r.open()
@@ -544,7 +560,7 @@ fn without_the_handshake_steps_the_closers_and_timewait_sockets_are_the_same() {
         (rec.closer, tws, r.t.totals().clone())
     };
     for (name, scenario) in scenarios {
-        let (closer, tws, totals) = seen(Replay::without_handshake(), scenario);
+        let (closer, tws, totals) = seen(Replay::totals_only(), scenario);
         let (want_closer, want_tws, _) = seen(Replay::new(), scenario);
         assert_eq!((closer, tws), (want_closer, want_tws), "{name}");
         assert_eq!(totals.closer.get(&closer), Some(&1), "{name}");
