@@ -987,19 +987,13 @@ impl End {
 impl Conn {
     fn record(self) -> ConnRecord {
         let key = self.key;
-        let ends: Vec<&End> = self.client.iter().chain(self.server.iter()).collect();
-        let opened = ends.iter().map(|e| e.opened_ns).min().unwrap_or(0);
-        let closed = ends
-            .iter()
-            .filter_map(|e| e.closed_ns)
-            .max()
-            .unwrap_or(opened);
-        let established = ends.iter().filter_map(|e| e.established_ns).min();
-        let first_close = ends
-            .iter()
-            .filter_map(|e| e.first_act.map(|(_, t)| t))
-            .min();
-        let netns = ends.first().map_or(key.netns, |e| e.netns);
+        // Not collected: a run finishes tens of thousands of records a second.
+        let ends = || self.client.iter().chain(self.server.iter());
+        let opened = ends().map(|e| e.opened_ns).min().unwrap_or(0);
+        let closed = ends().filter_map(|e| e.closed_ns).max().unwrap_or(opened);
+        let established = ends().filter_map(|e| e.established_ns).min();
+        let first_close = ends().filter_map(|e| e.first_act.map(|(_, t)| t)).min();
+        let netns = ends().next().map_or(key.netns, |e| e.netns);
         let us = |from: u64, to: u64| to.saturating_sub(from) / 1000;
         ConnRecord {
             client: key.client,
@@ -1037,14 +1031,11 @@ impl Conn {
             }
         }
         // The earliest act on either end decides; what the peer received tells about the peer.
-        let mut acts: Vec<(u64, Side, Act)> = Vec::new();
-        for (end, side) in [(c, Side::Client), (s, Side::Server)] {
-            if let Some((act, t)) = end.and_then(|e| e.first_act) {
-                acts.push((t, side, act));
-            }
-        }
-        acts.sort_by_key(|&(t, side, act)| (t, matches!(act, Act::GotFin | Act::GotRst), side));
-        let Some(&(_, side, act)) = acts.first() else {
+        let first = [(c, Side::Client), (s, Side::Server)]
+            .into_iter()
+            .filter_map(|(end, side)| end.and_then(|e| e.first_act).map(|(act, t)| (t, side, act)))
+            .min_by_key(|&(t, side, act)| (t, matches!(act, Act::GotFin | Act::GotRst), side));
+        let Some((_, side, act)) = first else {
             return Closer::Unknown;
         };
         let acted_here = matches!(act, Act::SentFin | Act::SentRst);
