@@ -73,7 +73,7 @@ static CONFIG: Config = Config {
 /// after compilation (the kernel then knows it as a constant: the map holding it is frozen).
 /// Reading fields one by one, where they are used, keeps the programs from copying the whole
 /// configuration onto the stack first.
-macro_rules! cfg {
+macro_rules! config {
     ($($field:ident).+) => {
         unsafe { core::ptr::read_volatile(&raw const CONFIG.$($field).+) }
     };
@@ -109,8 +109,8 @@ fn read<T>(addr: u64) -> Result<T, i32> {
 /// `None` when it is not the namespace the probe is confined to.
 #[inline(always)]
 fn netns_of(sk: u64) -> Result<Option<u32>, i32> {
-    let want = cfg!(netns);
-    let net: u64 = read(sk + cfg!(offsets.skc_net) as u64)?;
+    let want = config!(netns);
+    let net: u64 = read(sk + config!(offsets.skc_net) as u64)?;
     let known = NET.get_ptr_mut(0);
     if want != 0
         && let Some(known) = known
@@ -118,7 +118,7 @@ fn netns_of(sk: u64) -> Result<Option<u32>, i32> {
     {
         return Ok(Some(want));
     }
-    let inum: u32 = read(net + cfg!(offsets.net_inum) as u64)?;
+    let inum: u32 = read(net + config!(offsets.net_inum) as u64)?;
     if want == 0 {
         return Ok(Some(inum));
     }
@@ -133,9 +133,9 @@ fn netns_of(sk: u64) -> Result<Option<u32>, i32> {
 
 #[inline(always)]
 fn wanted_ports(sport: u16, dport: u16) -> bool {
-    match cfg!(port_filter) {
+    match config!(port_filter) {
         port_filter::NONE => true,
-        port_filter::INLINE => cfg!(ports)
+        port_filter::INLINE => config!(ports)
             .iter()
             .any(|&p| p != 0 && (p == sport || p == dport)),
         _ => unsafe { PORTS.get(sport).is_some() || PORTS.get(dport).is_some() },
@@ -165,10 +165,10 @@ fn socket_event(sk: u64, sock: Sock, kind: u8, old_state: u8, new_state: u8) -> 
         return Ok(());
     };
     // skc_dport (network order), skc_num, skc_family.
-    let ports: [u8; 6] = read(sk + cfg!(offsets.skc_portpair) as u64)?;
+    let ports: [u8; 6] = read(sk + config!(offsets.skc_portpair) as u64)?;
     let dport = u16::from_be_bytes([ports[0], ports[1]]);
     let sport = match sock {
-        Sock::Full => u16::from_be(read(sk + cfg!(offsets.inet_sport) as u64)?),
+        Sock::Full => u16::from_be(read(sk + config!(offsets.inet_sport) as u64)?),
         Sock::Timewait => u16::from_ne_bytes([ports[2], ports[3]]),
     };
     if !wanted_ports(sport, dport) {
@@ -214,12 +214,12 @@ fn write_addresses(e: *mut Event, sk: u64, family: u16) -> Result<(), i32> {
     let saddr = unsafe { &raw mut (*e).saddr }.cast::<u8>();
     let daddr = unsafe { &raw mut (*e).daddr }.cast::<u8>();
     if family == AF_INET6 {
-        read_into(saddr, 16, sk + cfg!(offsets.skc_v6_rcv_saddr) as u64)?;
-        return read_into(daddr, 16, sk + cfg!(offsets.skc_v6_daddr) as u64);
+        read_into(saddr, 16, sk + config!(offsets.skc_v6_rcv_saddr) as u64)?;
+        return read_into(daddr, 16, sk + config!(offsets.skc_v6_daddr) as u64);
     }
     // skc_daddr, skc_rcv_saddr; no addresses for a family this tool does not know.
     let pair: [u32; 2] = if family == AF_INET {
-        read(sk + cfg!(offsets.skc_addrpair) as u64)?
+        read(sk + config!(offsets.skc_addrpair) as u64)?
     } else {
         [0, 0]
     };
@@ -334,7 +334,7 @@ fn try_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
     {
         return Ok(());
     }
-    if cfg!(records) == 0
+    if config!(records) == 0
         && matches!(
             (old, new),
             (TCP_CLOSE, TCP_SYN_SENT)
@@ -345,7 +345,7 @@ fn try_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let sk: u64 = ctx.arg(0);
-    if read::<u16>(sk + cfg!(offsets.sk_protocol) as u64)? != IPPROTO_TCP {
+    if read::<u16>(sk + config!(offsets.sk_protocol) as u64)? != IPPROTO_TCP {
         return Ok(());
     }
     socket_event(sk, Sock::Full, kind::SET_STATE, old, new)
@@ -373,7 +373,7 @@ fn reset_event(ctx: &RawTracePointContext, kind: u8) -> Result<(), i32> {
     if sk == 0 {
         return Ok(());
     }
-    let state: u8 = read(sk + cfg!(offsets.skc_state) as u64)?;
+    let state: u8 = read(sk + config!(offsets.skc_state) as u64)?;
     if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
         return Ok(());
     }
@@ -383,8 +383,8 @@ fn reset_event(ctx: &RawTracePointContext, kind: u8) -> Result<(), i32> {
 /// Sends an event for the timewait socket that owns `timer`.
 #[inline(always)]
 fn timewait_event(timer: u64, kind: u8) -> Result<(), i32> {
-    let tw = timer - cfg!(offsets.tw_timer) as u64;
-    let substate: u8 = read(tw + cfg!(offsets.tw_substate) as u64)?;
+    let tw = timer - config!(offsets.tw_timer) as u64;
+    let substate: u8 = read(tw + config!(offsets.tw_substate) as u64)?;
     socket_event(tw, Sock::Timewait, kind, substate, 0)
 }
 
@@ -393,12 +393,12 @@ fn timewait_event(timer: u64, kind: u8) -> Result<(), i32> {
 /// timer itself (none of the three tracepoints passes it as an argument).
 #[inline(always)]
 fn timewait_timer(ctx: &RawTracePointContext) -> Option<u64> {
-    let handler = cfg!(tw_timer_handler);
+    let handler = config!(tw_timer_handler);
     if handler == 0 {
         return None;
     }
     let timer: u64 = ctx.arg(0);
-    let function: u64 = read(timer + cfg!(offsets.timer_function) as u64).ok()?;
+    let function: u64 = read(timer + config!(offsets.timer_function) as u64).ok()?;
     (function == handler).then_some(timer)
 }
 

@@ -97,9 +97,7 @@ pub(crate) async fn wait_for_fin(
             return Ok(());
         }
         buf.clear();
-        if buf.capacity() < 2048 {
-            buf.reserve(8192);
-        }
+        make_room(buf);
         match stream.try_read_buf(buf) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
@@ -111,13 +109,18 @@ pub(crate) async fn wait_for_fin(
 
 /// One read into the spare capacity of `buf`.
 async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, ErrorClass> {
-    if buf.capacity() - buf.len() < 2048 {
-        buf.reserve(8192);
-    }
+    make_room(buf);
     stream
         .read_buf(buf)
         .await
         .map_err(|e: io::Error| ErrorClass::from_io(&e))
+}
+
+/// Enough spare capacity in `buf` for one worthwhile read.
+fn make_room(buf: &mut Vec<u8>) {
+    if buf.capacity() - buf.len() < 2048 {
+        buf.reserve(8192);
+    }
 }
 
 /// `Ok(None)` when the head is not complete yet.

@@ -49,16 +49,7 @@ fn run_against_server(
         .expect("bind")
         .spawn();
         let target = Target::from_addr(server.local_addr());
-        let mut config = DriverConfig::new(
-            target.clone(),
-            Mode::ClientClose,
-            Workload::Closed {
-                users: 8,
-                think_time: Duration::ZERO,
-            },
-        );
-        config.duration = None;
-        config.requests = Some(400);
+        let mut config = client_close(target.addr, 8, 400);
         edit(&mut config);
         let result = drive(config, Arc::new(Live::default()), Stop::default())
             .await
@@ -79,6 +70,21 @@ fn run_against_server(
             client_tw_ips,
         }
     })
+}
+
+/// `users` closed-model users making `requests` client-close requests in all to `addr`.
+fn client_close(addr: SocketAddr, users: u32, requests: u64) -> DriverConfig {
+    let mut config = DriverConfig::new(
+        Target::from_addr(addr),
+        Mode::ClientClose,
+        Workload::Closed {
+            users,
+            think_time: Duration::ZERO,
+        },
+    );
+    config.duration = None;
+    config.requests = Some(requests);
+    config
 }
 
 fn assert_counts_add_up(r: &DriverResult, expected_total: u64) {
@@ -448,17 +454,7 @@ fn a_handshake_that_completes_late_still_carries_the_request() {
         }
     });
     let result = runtime().block_on(async {
-        let mut config = DriverConfig::new(
-            Target::from_addr(addr),
-            Mode::ClientClose,
-            Workload::Closed {
-                users: 1,
-                think_time: Duration::ZERO,
-            },
-        );
-        config.duration = None;
-        config.requests = Some(1);
-        drive(config, Arc::default(), Stop::default())
+        drive(client_close(addr, 1, 1), Arc::default(), Stop::default())
             .await
             .expect("drive")
     });

@@ -43,8 +43,8 @@ impl Session {
     /// Attaches the probe (errors, e.g. missing privileges, surface here) and starts reading.
     ///
     /// The session keeps the run's live TIME_WAIT counts (`tw_client`, `tw_server`) current
-    /// when it tracks timewait sockets ([`Session::tracks_timewait`]), and takes the start of the measured window from `window_start_ns` once the warmup is
-    /// over: the report's counts (closers, TIME_WAIT entered and ended, lifetimes, peaks) cover
+    /// when it tracks timewait sockets ([`Session::tracks_timewait`]), and takes the start of
+    /// the measured window from `window_start_ns` once the warmup is over: the report's counts (closers, TIME_WAIT entered and ended, lifetimes, peaks) cover
     /// what happened from then on, like the driver's own figures; the TIME_WAIT timeline
     /// covers the whole run.
     pub fn start(options: &ProbeOptions, live: Arc<Live>) -> Result<Session, ProbeError> {
@@ -55,7 +55,7 @@ impl Session {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("loadprobe-probe".into())
-                .spawn(move || read(probe, &stop, &live))
+                .spawn(move || read(probe, tracks_timewait, &stop, &live))
                 .map_err(ProbeError::Read)?
         };
         Ok(Session {
@@ -79,8 +79,12 @@ impl Session {
     }
 }
 
-fn read(mut probe: Probe, stop: &AtomicBool, live: &Live) -> Result<SessionReport, ProbeError> {
-    let tracks_timewait = probe.timewait_unavailable().is_none();
+fn read(
+    mut probe: Probe,
+    tracks_timewait: bool,
+    stop: &AtomicBool,
+    live: &Live,
+) -> Result<SessionReport, ProbeError> {
     let mut tracker = Tracker::new(tracks_timewait).records_at_close();
     // The totals at the start of the measured window, taken at the first event at or after it.
     let mut warmup: Option<Totals> = None;

@@ -135,14 +135,55 @@ impl Replay {
     /// A whole connection, closed by the client first: its timewait socket (on the client) is
     /// left alive.
     fn client_first_close(&mut self) -> &mut Self {
+        self.first_close(true)
+    }
+
+    /// A whole connection, closed by the server first: its timewait socket (on the server) is
+    /// left alive.
+    fn server_first_close(&mut self) -> &mut Self {
+        self.first_close(false)
+    }
+
+    fn first_close(&mut self, by_client: bool) -> &mut Self {
+        let (closer, peer) = (by_client, !by_client);
+        self.open()
+            .st(closer, ESTABLISHED, FIN_WAIT1)
+            .st(peer, ESTABLISHED, CLOSE_WAIT)
+            .st(closer, FIN_WAIT1, FIN_WAIT2)
+            .other(kind::TW_START, closer, FIN_WAIT2)
+            .st(closer, FIN_WAIT2, CLOSE)
+            .st(peer, CLOSE_WAIT, LAST_ACK)
+            .st(peer, LAST_ACK, CLOSE)
+    }
+
+    /// Both ends send their FIN before receiving the other's.
+    fn simultaneous_close(&mut self) -> &mut Self {
         self.open()
             .c(ESTABLISHED, FIN_WAIT1)
-            .s(ESTABLISHED, CLOSE_WAIT)
-            .c(FIN_WAIT1, FIN_WAIT2)
-            .other(kind::TW_START, true, FIN_WAIT2)
-            .c(FIN_WAIT2, CLOSE)
-            .s(CLOSE_WAIT, LAST_ACK)
-            .s(LAST_ACK, CLOSE)
+            .s(ESTABLISHED, FIN_WAIT1)
+            .c(FIN_WAIT1, CLOSING)
+            .s(FIN_WAIT1, CLOSING)
+            .other(kind::TW_START, true, TIME_WAIT)
+            .c(CLOSING, CLOSE)
+            .other(kind::TW_START, false, TIME_WAIT)
+            .s(CLOSING, CLOSE)
+    }
+
+    /// One end aborts with an RST.
+    fn abort(&mut self, client_aborts: bool) -> &mut Self {
+        self.open()
+            // The closer goes to CLOSE before it sends the RST (tcp_disconnect, __tcp_close).
+            .st(client_aborts, ESTABLISHED, CLOSE)
+            .other(kind::RST_SENT, client_aborts, 0)
+            .other(kind::RST_RECEIVED, !client_aborts, 0)
+            .st(!client_aborts, ESTABLISHED, CLOSE)
+    }
+
+    /// The server's port is closed: an RST answers the SYN.
+    fn refused(&mut self) -> &mut Self {
+        self.c(CLOSE, SYN_SENT)
+            .other(kind::RST_RECEIVED, true, 0)
+            .c(SYN_SENT, CLOSE)
     }
 
     fn wait(&mut self, ns: u64) -> &mut Self {
@@ -206,14 +247,7 @@ fn client_first_close_leaves_time_wait_on_the_client() {
 #[test]
 fn server_first_close_leaves_time_wait_on_the_server() {
     let mut r = Replay::new();
-    r.open()
-        .s(ESTABLISHED, FIN_WAIT1)
-        .c(ESTABLISHED, CLOSE_WAIT)
-        .s(FIN_WAIT1, FIN_WAIT2)
-        .other(kind::TW_START, false, FIN_WAIT2)
-        .s(FIN_WAIT2, CLOSE)
-        .c(CLOSE_WAIT, LAST_ACK)
-        .c(LAST_ACK, CLOSE);
+    r.server_first_close();
     let rec = only(r.finish());
     assert_eq!(rec.closer, Closer::Server);
     assert_eq!(rec.time_wait[0].side, Side::Server);
@@ -245,15 +279,7 @@ fn half_close_and_self_transitions() {
 #[test]
 fn simultaneous_close_gives_both_sides_a_timewait_socket() {
     let mut r = Replay::new();
-    r.open()
-        .c(ESTABLISHED, FIN_WAIT1)
-        .s(ESTABLISHED, FIN_WAIT1)
-        .c(FIN_WAIT1, CLOSING)
-        .s(FIN_WAIT1, CLOSING)
-        .other(kind::TW_START, true, TIME_WAIT)
-        .c(CLOSING, CLOSE)
-        .other(kind::TW_START, false, TIME_WAIT)
-        .s(CLOSING, CLOSE);
+    r.simultaneous_close();
     let rec = only(r.finish());
     assert_eq!(rec.closer, Closer::Simultaneous);
     let sides: Vec<Side> = rec.time_wait.iter().map(|t| t.side).collect();
@@ -264,12 +290,7 @@ fn simultaneous_close_gives_both_sides_a_timewait_socket() {
 fn abort_is_attributed_to_the_end_that_sent_the_rst() {
     for client_aborts in [true, false] {
         let mut r = Replay::new();
-        r.open()
-            // The closer goes to CLOSE before it sends the RST (tcp_disconnect, __tcp_close).
-            .st(client_aborts, ESTABLISHED, CLOSE)
-            .other(kind::RST_SENT, client_aborts, 0)
-            .other(kind::RST_RECEIVED, !client_aborts, 0)
-            .st(!client_aborts, ESTABLISHED, CLOSE);
+        r.abort(client_aborts);
         let rec = only(r.records());
         let want = if client_aborts {
             Closer::ClientReset
@@ -284,9 +305,7 @@ fn abort_is_attributed_to_the_end_that_sent_the_rst() {
 #[test]
 fn refused_and_failed_connects() {
     let mut r = Replay::new();
-    r.c(CLOSE, SYN_SENT)
-        .other(kind::RST_RECEIVED, true, 0)
-        .c(SYN_SENT, CLOSE);
+    r.refused();
     assert_eq!(only(r.records()).closer, Closer::Refused);
 
     // EADDRNOTAVAIL: the socket never gets a port.
@@ -512,12 +531,7 @@ fn without_the_steps_only_records_need_the_closers_and_timewait_sockets_are_the_
             r.client_first_close();
         }),
         ("server first", |r| {
-            r.open()
-                .s(ESTABLISHED, FIN_WAIT1)
-                .c(ESTABLISHED, CLOSE_WAIT)
-                .other(kind::TW_START, false, FIN_WAIT2)
-                .s(FIN_WAIT2, CLOSE)
-                .c(LAST_ACK, CLOSE);
+            r.server_first_close();
         }),
         ("server first, the client end alone", |r| {
             r.c(CLOSE, SYN_SENT)
@@ -532,25 +546,13 @@ fn without_the_steps_only_records_need_the_closers_and_timewait_sockets_are_the_
                 .s(CLOSE_WAIT, CLOSE);
         }),
         ("simultaneous", |r| {
-            r.open()
-                .c(ESTABLISHED, FIN_WAIT1)
-                .s(ESTABLISHED, FIN_WAIT1)
-                .other(kind::TW_START, true, TIME_WAIT)
-                .c(CLOSING, CLOSE)
-                .other(kind::TW_START, false, TIME_WAIT)
-                .s(CLOSING, CLOSE);
+            r.simultaneous_close();
         }),
         ("client reset", |r| {
-            r.open()
-                .c(ESTABLISHED, CLOSE)
-                .other(kind::RST_SENT, true, 0)
-                .other(kind::RST_RECEIVED, false, 0)
-                .s(ESTABLISHED, CLOSE);
+            r.abort(true);
         }),
         ("refused", |r| {
-            r.c(CLOSE, SYN_SENT)
-                .other(kind::RST_RECEIVED, true, 0)
-                .c(SYN_SENT, CLOSE);
+            r.refused();
         }),
     ];
     let seen = |mut r: Replay, scenario: Scenario| {
