@@ -116,6 +116,18 @@ pub mod port_filter {
     pub const MAP: u16 = 2;
 }
 
+/// How far the programs go ([`Config::floor`]). A measurement aid, not a mode: the two floors
+/// are what a tracepoint-only probe costs before it does its own work (`cargo xtask bench
+/// --floor` measures them against the probe and against no probe).
+pub mod floor {
+    /// The whole way: the probe.
+    pub const NONE: u16 = 0;
+    /// Every program returns at once: what the tracepoint hits cost by themselves.
+    pub const ATTACHED: u16 = 1;
+    /// The programs read each socket and filter it (namespace, ports), then send nothing.
+    pub const FILTERED: u16 = 2;
+}
+
 /// Run-time configuration of the programs, patched into the object before loading.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -135,6 +147,9 @@ pub struct Config {
     /// The ports of interest when `port_filter` is [`port_filter::INLINE`].
     pub ports: [u16; INLINE_PORTS],
     pub offsets: Offsets,
+    /// One of [`floor`]; [`floor::NONE`] but to measure what the probe costs.
+    pub floor: u16,
+    pub _pad: [u16; 3],
 }
 
 /// Number of ports the in-kernel port filter holds.
@@ -156,6 +171,6 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<Event>(), 64);
         assert_eq!(core::mem::size_of::<Offsets>(), 24);
-        assert_eq!(core::mem::size_of::<Config>(), 56);
+        assert_eq!(core::mem::size_of::<Config>(), 64);
     }
 }

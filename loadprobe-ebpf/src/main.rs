@@ -30,7 +30,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use loadprobe_common::{
-    AF_INET, AF_INET6, Config, Event, INLINE_PORTS, MAX_PORTS, kind, port_filter, tcp_state,
+    AF_INET, AF_INET6, Config, Event, INLINE_PORTS, MAX_PORTS, floor, kind, port_filter, tcp_state,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -67,6 +67,8 @@ static CONFIG: Config = Config {
         tw_timer: 0,
         timer_function: 0,
     },
+    floor: floor::NONE,
+    _pad: [0; 3],
 };
 
 /// One field of [`CONFIG`], read on its own. Volatile: the value is patched into the object
@@ -99,6 +101,13 @@ static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
 /// the probe (the probe's own process lives in it), so its address cannot be reused meanwhile.
 #[map]
 static NET: Array<u64> = Array::with_max_entries(1, 0);
+
+/// [`floor::ATTACHED`]: return before any work. The value is constant once loaded, so the
+/// verifier drops the branch that is never taken: the probe itself pays nothing for it.
+#[inline(always)]
+fn attached_floor() -> bool {
+    config!(floor) == floor::ATTACHED
+}
 
 #[inline(always)]
 fn read<T>(addr: u64) -> Result<T, i32> {
@@ -172,6 +181,9 @@ fn socket_event(sk: u64, sock: Sock, kind: u8, old_state: u8, new_state: u8) -> 
         Sock::Timewait => u16::from_ne_bytes([ports[2], ports[3]]),
     };
     if !wanted_ports(sport, dport) {
+        return Ok(());
+    }
+    if config!(floor) == floor::FILTERED {
         return Ok(());
     }
     let family = u16::from_ne_bytes([ports[4], ports[5]]);
@@ -282,6 +294,9 @@ fn hit_key(ctx: &RawTracePointContext) -> u64 {
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    if attached_floor() {
+        return 0;
+    }
     let _ = try_set_state(&ctx);
     let Some(counter) = HANDLED.get_ptr_mut(0) else {
         return 0;
@@ -306,6 +321,9 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
+    if attached_floor() {
+        return 0;
+    }
     let key = hit_key(&ctx);
     for slot in 1..=HANDLED_SLOTS {
         if let Some(entry) = HANDLED.get_ptr_mut(slot)
@@ -354,6 +372,9 @@ fn try_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
 /// `tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason)`.
 #[raw_tracepoint(tracepoint = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
+    if attached_floor() {
+        return 0;
+    }
     let _ = reset_event(&ctx, kind::RST_SENT);
     0
 }
@@ -361,6 +382,9 @@ pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
 /// `tcp_receive_reset(struct sock *sk)`.
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
+    if attached_floor() {
+        return 0;
+    }
     let _ = reset_event(&ctx, kind::RST_RECEIVED);
     0
 }
@@ -405,6 +429,9 @@ fn timewait_timer(ctx: &RawTracePointContext) -> Option<u64> {
 /// `timer_start(struct timer_list *timer, unsigned long bucket_expiry)`.
 #[raw_tracepoint(tracepoint = "timer_start")]
 pub fn timer_start(ctx: RawTracePointContext) -> i32 {
+    if attached_floor() {
+        return 0;
+    }
     if let Some(timer) = timewait_timer(&ctx) {
         let _ = timewait_event(timer, kind::TW_START);
     }
@@ -414,6 +441,9 @@ pub fn timer_start(ctx: RawTracePointContext) -> i32 {
 /// `timer_cancel(struct timer_list *timer)`: the callback is still set while it is detached.
 #[raw_tracepoint(tracepoint = "timer_cancel")]
 pub fn timer_cancel(ctx: RawTracePointContext) -> i32 {
+    if attached_floor() {
+        return 0;
+    }
     if let Some(timer) = timewait_timer(&ctx) {
         let _ = timewait_event(timer, kind::TW_CANCEL);
     }
@@ -423,6 +453,9 @@ pub fn timer_cancel(ctx: RawTracePointContext) -> i32 {
 /// `timer_expire_entry(struct timer_list *timer, unsigned long baseclk)`.
 #[raw_tracepoint(tracepoint = "timer_expire_entry")]
 pub fn timer_expire_entry(ctx: RawTracePointContext) -> i32 {
+    if attached_floor() {
+        return 0;
+    }
     if let Some(timer) = timewait_timer(&ctx) {
         let _ = timewait_event(timer, kind::TW_EXPIRE);
     }

@@ -15,7 +15,7 @@ use crate::driver::timewait::TwSampler;
 use crate::driver::{DriverConfig, DriverError, Live, Stop, Workload, drive, preflight};
 use crate::kernel;
 use crate::probe::session::Session;
-use crate::probe::{Netns, ProbeError, ProbeOptions};
+use crate::probe::{Floor, Netns, ProbeError, ProbeOptions};
 use crate::report::{
     PortBudget, PortBudgetInputs, ProbeReport, RecordInputs, ReportError, RunConfig, RunRecord,
 };
@@ -30,6 +30,10 @@ pub enum ProbePlan {
     /// The run is worthless without the probe (`tune validate` needs its TIME_WAIT end
     /// reasons): failing to attach fails the run.
     Require(Netns),
+    /// Attach, but stop the programs early ([`Floor`]): what the probe costs before its own
+    /// work, for `cargo xtask bench --floor`. Fails like `Require`; the record says the probe
+    /// is off (it has no results), and nothing samples the socket table instead.
+    Floor(Floor),
 }
 
 /// What one run needs besides its driver config.
@@ -66,18 +70,27 @@ pub async fn run_once(run: RunOnce<'_>) -> Result<RunRecord, RunError> {
         warn,
     } = run;
     preflight(&config).await?;
-    let options = |netns| ProbeOptions {
+    let options = |netns, floor| ProbeOptions {
         netns,
         ports: vec![config.target.addr.port()],
         timewait: true,
         records: false,
+        floor,
+    };
+    let floor = match probe {
+        ProbePlan::Floor(floor) => Some(floor),
+        _ => None,
     };
     let probe = match probe {
         ProbePlan::Off(reason) => Err(reason),
         ProbePlan::Try(netns) => {
-            Session::start(&options(netns), live.clone()).map_err(|e| e.to_string())
+            Session::start(&options(netns, None), live.clone()).map_err(|e| e.to_string())
         }
-        ProbePlan::Require(netns) => Ok(Session::start(&options(netns), live.clone())?),
+        ProbePlan::Require(netns) => Ok(Session::start(&options(netns, None), live.clone())?),
+        ProbePlan::Floor(floor) => Ok(Session::start(
+            &options(Netns::Current, Some(floor)),
+            live.clone(),
+        )?),
     };
     // Without the probe's timewait tracking, TIME_WAIT counts come from sampling the socket
     // table (under churn that costs the load as much as the probe's own reading: not both).
@@ -94,9 +107,16 @@ pub async fn run_once(run: RunOnce<'_>) -> Result<RunRecord, RunError> {
     let result = drive(config.clone(), live, stop).await;
 
     let sampled = sampler.map(TwSampler::finish);
-    let probe = match probe.and_then(|s| s.finish().map_err(|e| e.to_string())) {
-        Ok(seen) => ProbeReport::from_probe(&seen, config.mode),
-        Err(reason) => ProbeReport::off(reason),
+    let probe = match (
+        probe.and_then(|s| s.finish().map_err(|e| e.to_string())),
+        floor,
+    ) {
+        (Ok(_), Some(floor)) => ProbeReport::off(format!(
+            "cost floor \"{}\": programs attached but stopped early, no results",
+            floor.name()
+        )),
+        (Ok(seen), None) => ProbeReport::from_probe(&seen, config.mode),
+        (Err(reason), _) => ProbeReport::off(reason),
     };
     let result = result?;
     if let Some(err) = sampled.as_ref().and_then(|s| s.error.as_ref()) {

@@ -235,3 +235,67 @@ fn port_exhaustion_is_counted_and_explained() {
     );
     assert!(output.status.code().is_some(), "no crash");
 }
+
+/// `--probe-floor` (what `cargo xtask bench --floor` measures) attaches every program of the
+/// probe, and its record claims no probe results: closers unknown, no TIME_WAIT counts.
+#[test]
+fn probe_floors_attach_every_program_and_claim_no_results() {
+    if !require_root("run at the probe's cost floors") {
+        return;
+    }
+    let netns = Netns::for_test("run-floor");
+    for floor in ["attached", "filtered"] {
+        let dir = tempdir("run-floor");
+        let record = dir.join("record.json");
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns.name()])
+            .arg(loadprobe_bin())
+            .args(["run", "--mode", "server-close", "--users", "8"])
+            .args(["--duration", "3s", "--probe-floor", floor, "-o"])
+            .arg(&record)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ip netns exec loadprobe run");
+        // `ip netns exec` execs loadprobe: same pid. Its links name the tracepoints.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let mut attached: Vec<String> = std::fs::read_dir(format!("/proc/{}/fdinfo", child.id()))
+            .expect("fdinfo")
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .filter(|info| info.contains("link_type:\traw_tracepoint"))
+            .filter_map(|info| {
+                let line = info.lines().find(|l| l.starts_with("tp_name:"))?;
+                Some(line.trim_start_matches("tp_name:").trim().to_string())
+            })
+            .collect();
+        attached.sort();
+        let output = child.wait_with_output().expect("loadprobe run");
+        assert!(output.status.success(), "{floor}: {output:?}");
+        assert_eq!(
+            attached,
+            [
+                "inet_sock_set_state",
+                "inet_sock_set_state",
+                "tcp_receive_reset",
+                "tcp_send_reset",
+                "timer_cancel",
+                "timer_expire_entry",
+                "timer_start",
+            ],
+            "{floor}: the probe's programs while the run goes"
+        );
+        let record: Value =
+            serde_json::from_str(&std::fs::read_to_string(&record).expect("record")).expect("JSON");
+        let _ = std::fs::remove_dir_all(&dir);
+        let opened = num(&record, "connections.opened");
+        assert!(opened > 1000, "{floor}: the run did some work: {opened}");
+        assert_eq!(num(&record, "connections.closer.unknown"), opened);
+        assert_eq!(record["probe"]["attached"], Value::Bool(false));
+        let reason = record["probe"]["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with(&format!("cost floor \"{floor}\"")),
+            "{floor}: {reason}"
+        );
+        assert_eq!(record["time_wait"]["server"]["entered"], Value::Null);
+    }
+}

@@ -9,6 +9,11 @@
 //! drift on a shared machine hits all of them alike; medians are compared. Then peak RSS of
 //! loadprobe over a 100k and a 1M connection run.
 //!
+//! With `--floor`, loadprobe also runs at the probe's two cost floors (`run --probe-floor`):
+//! programs attached that return at once, and programs that read and filter each socket but
+//! send nothing. No tracepoint probe can cost less than those, so they say which targets a
+//! probe can meet at all on this machine.
+//!
 //! nginx is stopped at the end, on error and on Ctrl-C (SIGINT/SIGTERM) too.
 
 use std::collections::BTreeMap;
@@ -45,6 +50,11 @@ pub struct BenchArgs {
     /// Skip the peak-RSS runs (100k and 1M connections).
     #[arg(long)]
     no_rss: bool,
+    /// Also measure the probe's cost floors: loadprobe with the probe's programs attached but
+    /// returning at once, and reading and filtering each socket but sending nothing. What any
+    /// tracepoint probe pays before its own work (`loadprobe run --probe-floor`).
+    #[arg(long)]
+    floor: bool,
 }
 
 const MODES: [&str; 3] = ["client-close", "server-close", "keep-alive"];
@@ -53,6 +63,8 @@ const MODES: [&str; 3] = ["client-close", "server-close", "keep-alive"];
 enum Tool {
     Probe,
     NoProbe,
+    FloorAttached,
+    FloorFiltered,
     Wrk,
     Oha,
     Reference,
@@ -63,16 +75,30 @@ impl Tool {
         match self {
             Tool::Probe => "loadprobe (probe)",
             Tool::NoProbe => "loadprobe (--no-probe)",
+            Tool::FloorAttached => "loadprobe (floor: attached)",
+            Tool::FloorFiltered => "loadprobe (floor: filtered)",
             Tool::Wrk => "wrk",
             Tool::Oha => "oha",
             Tool::Reference => "reference loop",
         }
     }
 
+    /// The probe's cost floor this runs at, if it is one.
+    fn floor(self) -> Option<&'static str> {
+        match self {
+            Tool::FloorAttached => Some("attached"),
+            Tool::FloorFiltered => Some("filtered"),
+            _ => None,
+        }
+    }
+
     /// Who runs in `mode`: wrk has no client-close; oha's `--disable-keepalive` sends
     /// `Connection: close`, so the server closes: server-close.
-    fn in_mode(mode: &str, oha: bool) -> Vec<Tool> {
+    fn in_mode(mode: &str, oha: bool, floor: bool) -> Vec<Tool> {
         let mut tools = vec![Tool::Probe, Tool::NoProbe];
+        if floor {
+            tools.extend([Tool::FloorAttached, Tool::FloorFiltered]);
+        }
         if mode != "client-close" {
             tools.push(Tool::Wrk);
             if oha {
@@ -159,14 +185,14 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<ExitCode> {
     let mut samples: BTreeMap<(&str, Tool), Vec<Sample>> = BTreeMap::new();
     for rep in 0..args.repeat {
         for &mode in &modes {
-            let mut tools = Tool::in_mode(mode, ctx.oha.is_some());
+            let mut tools = Tool::in_mode(mode, ctx.oha.is_some(), args.floor);
             if rep % 2 == 1 {
                 tools.reverse();
             }
             for tool in tools {
                 let s = ctx.measure(mode, tool, rep)?;
                 println!(
-                    "bench: [{}/{}] {mode:<12} {:<22} {:>9.0} {}/s{}",
+                    "bench: [{}/{}] {mode:<12} {:<27} {:>9.0} {}/s{}",
                     rep + 1,
                     args.repeat,
                     tool.label(),
@@ -630,7 +656,7 @@ impl Ctx<'_> {
         let record = self.dir.join(format!("{name}.json"));
         let mut cmd;
         match tool {
-            Tool::Probe | Tool::NoProbe => {
+            Tool::Probe | Tool::NoProbe | Tool::FloorAttached | Tool::FloorFiltered => {
                 cmd = Command::new(self.loadprobe);
                 // loadprobe's own thread count: what its users get (see `--threads`).
                 cmd.args(["run", "--mode", mode, "--users", &c])
@@ -641,6 +667,9 @@ impl Ctx<'_> {
                     .arg(&record);
                 if tool == Tool::NoProbe {
                     cmd.arg("--no-probe");
+                }
+                if let Some(floor) = tool.floor() {
+                    cmd.args(["--probe-floor", floor]);
                 }
                 if let Some(s) = &self.args.source_ips {
                     cmd.args(["--source-ips", s]);
@@ -691,11 +720,15 @@ impl Ctx<'_> {
         let per_conn = mode != "keep-alive";
         // (rate, errors, measured seconds)
         let (value, errors, secs) = match tool {
-            Tool::Probe | Tool::NoProbe => {
+            Tool::Probe | Tool::NoProbe | Tool::FloorAttached | Tool::FloorFiltered => {
                 let v: Value = serde_json::from_slice(&std::fs::read(&record)?)
                     .with_context(|| format!("reading {}", record.display()))?;
                 let attached = v["probe"]["attached"].as_bool() == Some(true);
-                if (tool == Tool::Probe) != attached {
+                // A floor has no results, so its record says the probe is off, and why.
+                let at_floor = v["probe"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("cost floor"));
+                if (tool == Tool::Probe) != attached || tool.floor().is_some() != at_floor {
                     bail!(
                         "{} ({mode}): probe.attached is {attached}: {}",
                         tool.label(),
@@ -957,6 +990,8 @@ fn render(
         for tool in [
             Tool::Probe,
             Tool::NoProbe,
+            Tool::FloorAttached,
+            Tool::FloorFiltered,
             Tool::Wrk,
             Tool::Oha,
             Tool::Reference,
@@ -1056,6 +1091,22 @@ fn render(
             None => ("n/a".into(), "n/a"),
         };
         let _ = writeln!(t, "| {name} | {v} | {target} | {verdict} |");
+    }
+    // The floors, as the ratios the targets above are stated in: a probe cannot do better.
+    for mode in MODES {
+        for floor in [Tool::FloorAttached, Tool::FloorFiltered] {
+            let name = floor.floor().unwrap_or_default();
+            let of = |peer: Tool| ratio(m(mode, floor), m(mode, peer));
+            for (peer, label) in [
+                (Tool::NoProbe, "loadprobe (--no-probe)"),
+                (Tool::Wrk, "wrk"),
+                (Tool::Reference, "reference loop"),
+            ] {
+                if let Some(r) = of(peer) {
+                    let _ = writeln!(t, "| floor {name} / {label}, {mode} | {r:.3} | (floor) | |");
+                }
+            }
+        }
     }
     for mode in ["server-close", "keep-alive"] {
         if let Some(r) = ratio(m(mode, Tool::Probe), m(mode, Tool::Oha)) {

@@ -16,7 +16,7 @@ use loadprobe::driver::{
     DriverConfig, HttpClient, Live, Mode, Stop, Target, Workload, limits, parse_header,
     parse_source_ips,
 };
-use loadprobe::probe::Netns;
+use loadprobe::probe::{Floor, Netns};
 use loadprobe::report::{RunRecord, merge, render_text, write_atomic};
 use loadprobe::run::{ProbePlan, RunOnce, run_once};
 use loadprobe::server::{Server, ServerConfig};
@@ -32,6 +32,11 @@ pub struct RunArgs {
     /// sock_diag once a second.
     #[arg(long)]
     no_probe: bool,
+    /// A measurement aid for `cargo xtask bench --floor`, not for runs: attach the probe but
+    /// stop its programs early, at `attached` (they return at once) or `filtered` (they read
+    /// and filter each socket, then send nothing). The record has no probe results.
+    #[arg(long, value_name = "FLOOR", hide = true, value_parser = parse_floor, conflicts_with = "no_probe")]
+    probe_floor: Option<Floor>,
     /// http://HOST[:PORT][/PATH] (IPv4, [IPv6] or a name). Default: an embedded server on
     /// 127.0.0.1 with an ephemeral port.
     #[arg(long, value_name = "URL")]
@@ -141,7 +146,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime(args.threads)?;
     let mut records = Vec::new();
     for i in 1..=args.repeat {
-        let record = runtime.block_on(run(config.clone(), embedded, !args.no_probe))?;
+        let record = runtime.block_on(run(config.clone(), embedded, probe_plan(&args)))?;
         let interrupted = record.interrupted;
         if args.repeat > 1 {
             eprintln!(
@@ -255,10 +260,26 @@ fn plan(args: &RunArgs, fd_limit: u64) -> anyhow::Result<(DriverConfig, bool)> {
     Ok((config, embedded))
 }
 
+/// What the run does with the probe, from `--no-probe` and `--probe-floor`.
+fn probe_plan(args: &RunArgs) -> ProbePlan {
+    match (args.no_probe, args.probe_floor) {
+        (true, _) => ProbePlan::Off("turned off with --no-probe".to_string()),
+        (false, Some(floor)) => ProbePlan::Floor(floor),
+        (false, None) => ProbePlan::Try(Netns::Current),
+    }
+}
+
+fn parse_floor(s: &str) -> Result<Floor, String> {
+    [Floor::Attached, Floor::Filtered]
+        .into_iter()
+        .find(|f| f.name() == s)
+        .ok_or_else(|| format!("{s:?} is not a floor (attached or filtered)"))
+}
+
 async fn run(
     mut config: DriverConfig,
     embedded: bool,
-    with_probe: bool,
+    probe: ProbePlan,
 ) -> anyhow::Result<RunRecord> {
     let server = if embedded {
         let server = Server::bind(&ServerConfig::default())?.spawn();
@@ -278,11 +299,7 @@ async fn run(
     let record = run_once(RunOnce {
         config,
         embedded_server: embedded,
-        probe: if with_probe {
-            ProbePlan::Try(Netns::Current)
-        } else {
-            ProbePlan::Off("turned off with --no-probe".to_string())
-        },
+        probe,
         live,
         stop,
         warn: &|w| eprintln!("loadprobe: {w}"),

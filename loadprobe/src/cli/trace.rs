@@ -55,6 +55,7 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         ports: args.ports.clone(),
         timewait: true,
         records: true,
+        floor: None,
     };
     let mut probe = Probe::attach(&options)?;
     let stop = Arc::new(AtomicBool::new(false));

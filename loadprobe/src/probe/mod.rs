@@ -21,7 +21,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::RawTracePoint,
 };
-use loadprobe_common::{Config, Event, INLINE_PORTS, port_filter};
+use loadprobe_common::{Config, Event, INLINE_PORTS, floor, port_filter};
 
 /// The compiled eBPF object, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loadprobe"));
@@ -81,6 +81,27 @@ pub struct ProbeOptions {
     /// out three steps whose facts later events carry too (`Config::records`): three events
     /// fewer per connection.
     pub records: bool,
+    /// Stop the programs early, to measure what the probe costs before its own work
+    /// (`Config::floor`); `None` for the probe itself.
+    pub floor: Option<Floor>,
+}
+
+/// Where [`ProbeOptions::floor`] stops the programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Floor {
+    /// They return at once: the cost of the tracepoint hits alone.
+    Attached,
+    /// They read and filter each socket, and send nothing.
+    Filtered,
+}
+
+impl Floor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Floor::Attached => "attached",
+            Floor::Filtered => "filtered",
+        }
+    }
 }
 
 /// The loaded and attached probe. Dropping it detaches every program.
@@ -117,6 +138,11 @@ impl Probe {
             tw_timer_handler: *timewait.as_ref().unwrap_or(&0),
             netns,
             records: options.records.into(),
+            floor: match options.floor {
+                None => floor::NONE,
+                Some(Floor::Attached) => floor::ATTACHED,
+                Some(Floor::Filtered) => floor::FILTERED,
+            },
             offsets,
             ..Config::default()
         };
