@@ -72,7 +72,8 @@ static CONFIG: Config = Config {
 };
 
 /// One field of [`CONFIG`], read on its own. Volatile: the value is patched into the object
-/// after compilation (the kernel then knows it as a constant: the map holding it is frozen).
+/// after compilation, so the compiler must not fold the default in. (The verifier does not fold
+/// it either: `bpftool prog dump xlated` shows each read as a load from the map.)
 /// Reading fields one by one, where they are used, keeps the programs from copying the whole
 /// configuration onto the stack first.
 macro_rules! config {
@@ -102,8 +103,8 @@ static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
 #[map]
 static NET: Array<u64> = Array::with_max_entries(1, 0);
 
-/// [`floor::ATTACHED`]: return before any work. The value is constant once loaded, so the
-/// verifier drops the branch that is never taken: the probe itself pays nothing for it.
+/// [`floor::ATTACHED`]: return before any work. What the probe pays for the check: one load
+/// and one compare per hit.
 #[inline(always)]
 fn attached_floor() -> bool {
     config!(floor) == floor::ATTACHED
