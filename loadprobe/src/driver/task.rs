@@ -207,10 +207,10 @@ impl Ctx {
         match self.cfg.mode {
             // Dropping closes: FIN (client-close), or RST because of SO_LINGER 0 (reset).
             Mode::ClientClose | Mode::Reset => drop(conn),
-            Mode::ServerClose => fin_missing = self.wait_for_fin(&mut conn, buf).await,
+            Mode::ServerClose => fin_missing = self.server_fin_missing(&mut conn, buf).await,
             // The server said it closes: let it, so that its FIN comes first, as it meant.
             Mode::KeepAlive if response.close => {
-                fin_missing = self.wait_for_fin(&mut conn, buf).await
+                fin_missing = self.server_fin_missing(&mut conn, buf).await
             }
             Mode::KeepAlive => {
                 let spent = self
@@ -225,10 +225,10 @@ impl Ctx {
         Ok(fin_missing)
     }
 
-    /// Waits for the server's FIN; `true` if it did not come within the request timeout. A
-    /// reset after the response also ended the connection from the server: only a timeout
-    /// means the server never closed.
-    async fn wait_for_fin(&self, conn: &mut Conn, buf: &mut Vec<u8>) -> bool {
+    /// Waits for the server's FIN under the request timeout; `true` if it never came. A reset
+    /// after the response also ended the connection from the server: only a timeout means the
+    /// server never closed.
+    async fn server_fin_missing(&self, conn: &mut Conn, buf: &mut Vec<u8>) -> bool {
         let eof = wait_for_fin(&mut conn.stream, buf);
         timeout(self.cfg.request_timeout, eof).await.is_err()
     }
