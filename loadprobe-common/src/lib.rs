@@ -124,7 +124,8 @@ pub mod floor {
     pub const NONE: u16 = 0;
     /// Every program returns at once: what the tracepoint hits cost by themselves.
     pub const ATTACHED: u16 = 1;
-    /// The programs read each socket and filter it (namespace, ports), then send nothing.
+    /// The programs read each socket and filter it (namespace, ports, protocol; the timer
+    /// programs find the timewait timers by their callback), then send nothing.
     pub const FILTERED: u16 = 2;
 }
 

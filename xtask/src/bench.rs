@@ -730,8 +730,9 @@ impl Ctx<'_> {
                     .is_some_and(|r| r.starts_with("cost floor"));
                 if (tool == Tool::Probe) != attached || tool.floor().is_some() != at_floor {
                     bail!(
-                        "{} ({mode}): probe.attached is {attached}: {}",
+                        "{} ({mode}): probe.attached is {attached}, reason {}: {}",
                         tool.label(),
+                        v["probe"]["reason"],
                         tail(&f.stderr, 5)
                     );
                 }
@@ -1097,12 +1098,9 @@ fn render(
         for floor in [Tool::FloorAttached, Tool::FloorFiltered] {
             let name = floor.floor().unwrap_or_default();
             let of = |peer: Tool| ratio(m(mode, floor), m(mode, peer));
-            for (peer, label) in [
-                (Tool::NoProbe, "loadprobe (--no-probe)"),
-                (Tool::Wrk, "wrk"),
-                (Tool::Reference, "reference loop"),
-            ] {
+            for peer in [Tool::NoProbe, Tool::Wrk, Tool::Reference] {
                 if let Some(r) = of(peer) {
+                    let label = peer.label();
                     let _ = writeln!(t, "| floor {name} / {label}, {mode} | {r:.3} | (floor) | |");
                 }
             }
