@@ -68,7 +68,12 @@ pub struct Event {
     pub old_state: u8,
     /// `SET_STATE`: new state.
     pub new_state: u8,
-    pub _pad: [u8; 3],
+    /// `SET_STATE` to `FIN_WAIT1` and `RST_RECEIVED`: 1 if the socket had queued bytes not yet
+    /// transmitted (`write_seq != snd_nxt`), else 0. At `FIN_WAIT1` (set before the FIN is
+    /// queued) it means the FIN waits behind unsent data; when an RST arrives, that what was
+    /// queued, the FIN included, had not all gone out. 0 for every other event.
+    pub unsent: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Byte offsets the programs need, computed by userspace from the running kernel's BTF at load
@@ -100,6 +105,31 @@ pub struct Offsets {
     pub tw_timer: u16,
     /// `struct timer_list`.
     pub timer_function: u16,
+    /// `struct tcp_sock`: the next sequence number to queue and the next to send.
+    pub tcp_write_seq: u16,
+    pub tcp_snd_nxt: u16,
+}
+
+/// The programs, by where they count their failed kernel reads (slots of the `READ_ERRORS` map).
+/// Both `inet_sock_set_state` programs share a slot: they run the same code.
+pub mod program {
+    pub const SET_STATE: u32 = 0;
+    pub const SEND_RESET: u32 = 1;
+    pub const RECEIVE_RESET: u32 = 2;
+    pub const TIMER_START: u32 = 3;
+    pub const TIMER_CANCEL: u32 = 4;
+    pub const TIMER_EXPIRE: u32 = 5;
+    /// The number of slots.
+    pub const COUNT: u32 = 6;
+    /// The tracepoint of each slot, to name it in a warning.
+    pub const TRACEPOINTS: [&str; COUNT as usize] = [
+        "inet_sock_set_state",
+        "tcp_send_reset",
+        "tcp_receive_reset",
+        "timer_start",
+        "timer_cancel",
+        "timer_expire_entry",
+    ];
 }
 
 /// Ports the programs compare inline; more go to the `PORTS` hash map (a lookup per port of
@@ -137,6 +167,9 @@ pub struct Config {
     pub tw_timer_handler: u64,
     /// Only sockets in this network namespace (inode); 0 = all namespaces.
     pub netns: u32,
+    /// Only connections this process (tgid) opened, and their peers' ends on this host; 0 =
+    /// every connection. See [`Endpoint`].
+    pub owner: u32,
     /// One of [`port_filter`].
     pub port_filter: u16,
     /// 1: send every step a connection record needs. 0: leave out three steps whose facts a
@@ -151,27 +184,106 @@ pub struct Config {
     /// One of [`floor`]; [`floor::NONE`] but to measure what the probe costs.
     pub floor: u16,
     pub _pad: [u16; 3],
+    /// The PID namespace `owner` is a process id of (device and inode of its nsfs file):
+    /// inside a container a process's id is not the kernel's global one, so the programs ask
+    /// for the current task's id in this namespace. 0: `owner` is a global id.
+    pub owner_pidns_dev: u64,
+    pub owner_pidns_ino: u64,
 }
+
+/// A client end of one of [`Config::owner`]'s connections: its address (IPv4 in the first
+/// word, IPv4-mapped IPv6 as IPv4), its port and the server's port, host byte order. The
+/// programs find the owner's client sockets by address while they connect, then every end of
+/// the connection by this: the client's full and timewait sockets as their local end, the
+/// server's (on this host) as their remote end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub server_port: u16,
+}
+
+/// How many client ends [`Config::owner`]'s filter remembers at once (least recently used
+/// first out): a port's end stays while its TIME_WAIT lasts, so this is ports times source
+/// addresses.
+pub const MAX_OWNED_ENDPOINTS: u32 = 262_144;
 
 /// Number of ports the in-kernel port filter holds.
 pub const MAX_PORTS: u32 = 1024;
+
+/// Size of the `EVENTS` ring buffer: 8 MiB hold about 116k events (72 bytes with the ring's
+/// header). Userspace creates one of this size in `doctor` to show whether the kernel allows it.
+pub const EVENTS_RING_BYTES: u32 = 8 << 20;
+
+/// The layouts both sides rely on, checked at compile time on every target that builds this
+/// crate, the BPF one included: a reordered or resized field (even one that keeps the size)
+/// fails the build instead of being decoded wrongly.
+mod layout {
+    use super::{Config, Endpoint, Event, INLINE_PORTS, Offsets};
+    use core::mem::{align_of, offset_of, size_of};
+
+    const _: () = {
+        assert!(size_of::<Event>() == 64 && align_of::<Event>() == 8);
+        assert!(offset_of!(Event, ts_ns) == 0);
+        assert!(offset_of!(Event, addr) == 8);
+        assert!(offset_of!(Event, netns) == 16);
+        assert!(offset_of!(Event, sport) == 20);
+        assert!(offset_of!(Event, dport) == 22);
+        assert!(offset_of!(Event, saddr) == 24);
+        assert!(offset_of!(Event, daddr) == 40);
+        assert!(offset_of!(Event, family) == 56);
+        assert!(offset_of!(Event, kind) == 58);
+        assert!(offset_of!(Event, old_state) == 59);
+        assert!(offset_of!(Event, new_state) == 60);
+        assert!(offset_of!(Event, unsent) == 61);
+        assert!(offset_of!(Event, _pad) == 62);
+
+        // Fourteen `u16`s in declaration order.
+        assert!(size_of::<Offsets>() == 28 && align_of::<Offsets>() == 2);
+        assert!(offset_of!(Offsets, skc_addrpair) == 0);
+        assert!(offset_of!(Offsets, skc_portpair) == 2);
+        assert!(offset_of!(Offsets, skc_state) == 4);
+        assert!(offset_of!(Offsets, skc_net) == 6);
+        assert!(offset_of!(Offsets, skc_v6_daddr) == 8);
+        assert!(offset_of!(Offsets, skc_v6_rcv_saddr) == 10);
+        assert!(offset_of!(Offsets, net_inum) == 12);
+        assert!(offset_of!(Offsets, sk_protocol) == 14);
+        assert!(offset_of!(Offsets, inet_sport) == 16);
+        assert!(offset_of!(Offsets, tw_substate) == 18);
+        assert!(offset_of!(Offsets, tw_timer) == 20);
+        assert!(offset_of!(Offsets, timer_function) == 22);
+        assert!(offset_of!(Offsets, tcp_write_seq) == 24);
+        assert!(offset_of!(Offsets, tcp_snd_nxt) == 26);
+
+        assert!(size_of::<Config>() == 88 && align_of::<Config>() == 8);
+        assert!(offset_of!(Config, tw_timer_handler) == 0);
+        assert!(offset_of!(Config, netns) == 8);
+        assert!(offset_of!(Config, owner) == 12);
+        assert!(offset_of!(Config, port_filter) == 16);
+        assert!(offset_of!(Config, records) == 18);
+        assert!(offset_of!(Config, ports) == 20);
+        assert!(offset_of!(Config, offsets) == 20 + 2 * INLINE_PORTS);
+        assert!(offset_of!(Config, floor) == 64);
+        assert!(offset_of!(Config, _pad) == 66);
+        assert!(offset_of!(Config, owner_pidns_dev) == 72);
+        assert!(offset_of!(Config, owner_pidns_ino) == 80);
+
+        assert!(size_of::<Endpoint>() == 20 && align_of::<Endpoint>() == 4);
+        assert!(offset_of!(Endpoint, addr) == 0);
+        assert!(offset_of!(Endpoint, port) == 16);
+        assert!(offset_of!(Endpoint, server_port) == 18);
+    };
+}
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` data with explicit padding; any byte pattern is valid.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Offsets {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<Event>(), 64);
-        assert_eq!(core::mem::size_of::<Offsets>(), 24);
-        assert_eq!(core::mem::size_of::<Config>(), 64);
-    }
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Endpoint {}
 }

@@ -11,13 +11,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::driver::timewait::TwSampler;
-use crate::driver::{DriverConfig, DriverError, Live, Stop, Workload, drive, preflight};
+use crate::diag::timewait::TwSampler;
+
+use crate::driver::{DriverConfig, DriverError, Segment, Stop, drive, preflight};
+use crate::error_chain::one_line;
+use crate::model::{Live, Workload};
+
 use crate::kernel;
 use crate::probe::session::Session;
 use crate::probe::{Floor, Netns, ProbeError, ProbeOptions};
 use crate::report::{
     PortBudget, PortBudgetInputs, ProbeReport, RecordInputs, ReportError, RunConfig, RunRecord,
+    SegmentRecord,
 };
 
 /// Whether the eBPF probe watches the run's connections (those to or from the target's port).
@@ -42,6 +47,8 @@ pub struct RunOnce<'a> {
     /// The target is the in-process server (recorded in the run config).
     pub embedded_server: bool,
     pub probe: ProbePlan,
+    /// [`ProbeOptions::log`] (`--probe-log`).
+    pub probe_log: bool,
     pub live: Arc<Live>,
     pub stop: Stop,
     /// Receives one-line warnings as they happen (probe off, sampling failed).
@@ -65,31 +72,47 @@ pub async fn run_once(run: RunOnce<'_>) -> Result<RunRecord, RunError> {
         config,
         embedded_server,
         probe,
+        probe_log,
         live,
         stop,
         warn,
     } = run;
-    preflight(&config).await?;
+    // A stop during the check (a target that never answers holds it for --connect-timeout)
+    // goes on at once to the load, which sees the stop: an interrupted run, nothing measured.
+    tokio::select! {
+        checked = preflight(&config) => checked?,
+        _ = stop.wait() => {}
+    }
     let options = |netns, floor| ProbeOptions {
         netns,
         ports: vec![config.target.addr.port()],
+        owner: Some(std::process::id()),
         timewait: true,
         records: false,
         floor,
+        log: probe_log,
     };
     let floor = match probe {
         ProbePlan::Floor(floor) => Some(floor),
         _ => None,
     };
+    let probe_netns = match probe {
+        ProbePlan::Try(netns) | ProbePlan::Require(netns) => netns,
+        ProbePlan::Off(_) | ProbePlan::Floor(_) => Netns::Current,
+    };
     let probe = match probe {
         ProbePlan::Off(reason) => Err(reason),
-        ProbePlan::Try(netns) => {
-            Session::start(&options(netns, None), live.clone()).map_err(|e| e.to_string())
-        }
-        ProbePlan::Require(netns) => Ok(Session::start(&options(netns, None), live.clone())?),
+        ProbePlan::Try(netns) => Session::start(&options(netns, None), live.clone(), stderr_warn())
+            .map_err(|e| one_line(&e)),
+        ProbePlan::Require(netns) => Ok(Session::start(
+            &options(netns, None),
+            live.clone(),
+            stderr_warn(),
+        )?),
         ProbePlan::Floor(floor) => Ok(Session::start(
             &options(Netns::Current, Some(floor)),
             live.clone(),
+            stderr_warn(),
         )?),
     };
     // Without the probe's timewait tracking, TIME_WAIT counts come from sampling the socket
@@ -108,14 +131,26 @@ pub async fn run_once(run: RunOnce<'_>) -> Result<RunRecord, RunError> {
 
     let sampled = sampler.map(TwSampler::finish);
     let probe = match (
-        probe.and_then(|s| s.finish().map_err(|e| e.to_string())),
+        probe.and_then(|s| s.finish().map_err(|e| one_line(&e))),
         floor,
     ) {
         (Ok(_), Some(floor)) => ProbeReport::off(format!(
             "cost floor \"{}\": programs attached but stopped early, no results",
             floor.name()
         )),
-        (Ok(seen), None) => ProbeReport::from_probe(&seen, config.mode),
+        (Ok(seen), None) => {
+            // With requests of several modes, which closer a connection should have depends
+            // on the requests it carried, which the probe cannot tell: mismatches are unknown.
+            let common = config.mix.common_mode(config.mode);
+            let mut report = ProbeReport::from_probe(&seen, common.unwrap_or(config.mode));
+            if common.is_none() {
+                report.mismatches = None;
+            }
+            match server_end_unseen(&probe_netns, config.target.addr) {
+                Some(reason) => report.server_unseen(reason),
+                None => report,
+            }
+        }
         (Err(reason), _) => ProbeReport::off(reason),
     };
     let result = result?;
@@ -141,8 +176,25 @@ pub async fn run_once(run: RunOnce<'_>) -> Result<RunRecord, RunError> {
         target: config.target.addr,
         sysctls: &kernel.sysctls,
         eaddrnotavail: result.errors.get("EADDRNOTAVAIL").copied().unwrap_or(0),
+        client_fin_wait2_share: probe.client_fin_wait2_share(),
     });
+    let segment =
+        (config.segment != Segment::WHOLE || config.start_at.is_some()).then(|| SegmentRecord {
+            index: config.segment.index(),
+            count: config.segment.count(),
+            host: hostname(),
+            users: match config.workload {
+                Workload::Closed { users, .. } => Some(config.segment.share(u64::from(users))),
+                Workload::Open { .. } => None,
+            },
+            start_at_unix_ms: config.start_at.map(|at| {
+                at.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64)
+            }),
+            start_late_ms: result.start_late.map(|d| d.as_millis() as u64),
+        });
     Ok(RunRecord::build(RecordInputs {
+        segment,
         config: RunConfig::new(&config, embedded_server),
         driver: &result,
         sampled: sampled.as_ref(),
@@ -150,4 +202,32 @@ pub async fn run_once(run: RunOnce<'_>) -> Result<RunRecord, RunError> {
         kernel,
         port_budget,
     })?)
+}
+
+/// Why a probe confined to `netns` cannot see the target's end of the connections, if it
+/// cannot: watching this namespace only, it sees the server's sockets only when the target's
+/// address is one of this namespace's own (loopback, or an address of one of its interfaces).
+/// A probe of every namespace is taken to see a target on this host (`tune validate`'s).
+fn server_end_unseen(netns: &Netns, target: std::net::SocketAddr) -> Option<String> {
+    if *netns == Netns::All || std::net::UdpSocket::bind((target.ip(), 0)).is_ok() {
+        return None;
+    }
+    Some(format!(
+        "{} is not an address of this network namespace: the probe does not see the server's \
+         end",
+        target.ip()
+    ))
+}
+
+/// Where the probe's thread says what happens as it happens (lost events): stderr, as every
+/// warning of a run.
+fn stderr_warn() -> Box<dyn Fn(&str) + Send> {
+    Box::new(|w| eprintln!("loadprobe: {w}"))
+}
+
+/// This host's name as its UTS namespace has it (a pod's name, in Kubernetes).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
 }

@@ -6,17 +6,24 @@
 use std::io;
 use std::thread;
 
+/// Whether a test that cannot run here must fail rather than skip: in CI (`.ci/run` sets
+/// `LOADPROBE_REQUIRE_BPF=1`; `CI=true` counts too), where a skip would pass asserting nothing.
+pub fn must_run() -> bool {
+    std::env::var("LOADPROBE_REQUIRE_BPF").as_deref() == Ok("1")
+        || std::env::var("CI").as_deref() == Ok("true")
+}
+
 /// Whether a root-only test named `what` should run.
 ///
 /// Returns `true` when running as root. Otherwise prints a skip message and returns `false`,
-/// or panics when `LOADPROBE_REQUIRE_BPF=1`, because then a skipped test would hide a missing
-/// capability in the environment that is supposed to exercise it.
+/// or panics when [`must_run`], because then a skipped test would hide a missing capability in
+/// the environment that is supposed to exercise it.
 pub fn require_root(what: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    if std::env::var("LOADPROBE_REQUIRE_BPF").as_deref() == Ok("1") {
+    if must_run() {
         panic!("{what}: needs root, and LOADPROBE_REQUIRE_BPF=1 forbids skipping");
     }
     eprintln!("skipping {what}: needs root (set LOADPROBE_REQUIRE_BPF=1 to make this a failure)");
@@ -76,6 +83,7 @@ fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
 mod tests {
     use super::*;
 

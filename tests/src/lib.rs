@@ -6,6 +6,13 @@
 //! with the closer each one must be reported with), stops the tracer and checks the records
 //! ([`Trace::assert_closers`]). All traffic stays on the loopback interface of the namespace.
 
+// A dev-dependency for the tests; the harness's own unit tests do not use it.
+#[cfg(test)]
+use loadprobe as _;
+
+pub mod hostile;
+pub mod reports;
+
 use serde_json::Value;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::fmt::Write as _;
@@ -13,7 +20,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Barrier, mpsc};
 use std::thread::{self, JoinHandle};
@@ -27,19 +34,7 @@ pub const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 /// How long a socket operation of a scenario may block before the scenario fails.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// True when the test may go on. Without root: panics if `LOADPROBE_REQUIRE_BPF=1` (CI), else
-/// prints a skip line and returns false.
-pub fn require_root(what: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("LOADPROBE_REQUIRE_BPF").as_deref() == Ok("1") {
-        panic!("{what}: needs root (network namespaces, eBPF) and LOADPROBE_REQUIRE_BPF=1");
-    }
-    eprintln!("skipped: {what}: needs root (network namespaces, eBPF)");
-    false
-}
+pub use loadprobe::testing::{must_run, require_root};
 
 // ---------------------------------------------------------------------------------------------
 // Network namespaces
@@ -98,7 +93,13 @@ impl Netns {
     /// Moves the calling thread into this namespace (`setns(CLONE_NEWNET)`). Prefer
     /// [`Netns::enter_thread`], which leaves the caller's thread where it was.
     pub fn enter_current_thread(&self) {
-        let path = format!("/run/netns/{}", self.name);
+        Netns::enter_named(&self.name);
+    }
+
+    /// Moves the calling thread into the namespace called `name`, for threads that outlive
+    /// the borrow of a [`Netns`] (servers started in a test's namespace).
+    pub fn enter_named(name: &str) {
+        let path = format!("/run/netns/{name}");
         let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
         // SAFETY: a valid namespace fd; setns only changes this thread's network namespace.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -172,6 +173,21 @@ impl Drop for Netns {
             eprintln!("warning: could not delete netns {}: {e}", self.name);
         }
     }
+}
+
+/// The names `ip netns list` gives that start with `prefix`: what a command that makes its
+/// own namespaces (`tune validate`, `find-limit`) may have left behind.
+pub fn netns_listed(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
 }
 
 /// One line of `ss -Htan`.
@@ -295,11 +311,24 @@ impl Tracer {
 
     /// [`Tracer::start`] in a namespace named `netns` that this harness did not make.
     pub fn start_in(netns: &str, ports: &[u16]) -> Tracer {
+        Tracer::start_with(netns, ports, &[])
+    }
+
+    /// [`Tracer::start_in`] with more arguments for `trace` (e.g. `--metrics ADDR`).
+    pub fn start_with(netns: &str, ports: &[u16], extra: &[&str]) -> Tracer {
+        Tracer::start_under(netns, &[], ports, extra)
+    }
+
+    /// [`Tracer::start_with`], loadprobe started by the command `under` (e.g. `setpriv ...
+    /// --`), which must exec it.
+    pub fn start_under(netns: &str, under: &[&str], ports: &[u16], extra: &[&str]) -> Tracer {
         let bin = loadprobe_bin();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", netns])
+            .args(under)
             .arg(&bin)
-            .args(["trace", "--format", "jsonl"]);
+            .args(["trace", "--format", "jsonl"])
+            .args(extra);
         for port in ports {
             cmd.arg("--port").arg(port.to_string());
         }
@@ -359,6 +388,11 @@ impl Tracer {
                 );
             }
         }
+    }
+
+    /// The process id of the running loadprobe (`ip netns exec` execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGINT, waits for the exit (kills it after 20 s) and parses its output.
@@ -450,7 +484,14 @@ impl Trace {
             .unwrap_or_else(|| panic!("summary has no skipped_events: {}", self.summary))
     }
 
-    /// The checks of every trace test: no lost events, exactly one record per connection made
+    /// `summary.read_errors`: failed kernel reads (panics if absent).
+    pub fn read_errors(&self) -> u64 {
+        self.summary["read_errors"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("summary has no read_errors: {}", self.summary))
+    }
+
+    /// The checks of every trace test: no lost events or failed kernel reads, exactly one record per connection made
     /// and no other, each with the expected closer, and every close seen.
     ///
     /// A record that lasts longer than the scenario (all its connections closed inside it) had
@@ -462,6 +503,9 @@ impl Trace {
         let mut problems = String::new();
         if self.lost_events() != 0 {
             let _ = writeln!(problems, "lost_events = {}", self.lost_events());
+        }
+        if self.read_errors() != 0 {
+            let _ = writeln!(problems, "read_errors = {}", self.read_errors());
         }
         if self.records.len() != conns.len() {
             let _ = writeln!(
@@ -538,11 +582,7 @@ pub struct Conn {
 }
 
 /// Which end does something first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Server,
-}
+pub use loadprobe::model::Side;
 
 /// A listening socket on `ip:port` (SO_REUSEADDR, backlog 1024).
 pub fn listen(ip: IpAddr, port: u16) -> TcpListener {
@@ -769,6 +809,55 @@ pub fn unread_data_close(netns: &Netns, ip: IpAddr, port: u16, by: Side) -> Vec<
     })
 }
 
+/// The client closes while its FIN must wait behind unsent data, and the server then closes
+/// with the client's bytes unread, which sends an RST, as a server does that reads a request's
+/// head only and drops a large body. Connection `i` does this for even `i`: the client writes
+/// until its send buffer is full (the server reads nothing, so its window closes), closes (its
+/// socket is in FIN_WAIT1, its FIN queued, not sent), and the server's RST is the first closing
+/// segment on the wire: `server-reset`. For odd `i` the client writes a little, its FIN goes
+/// out at close, and the server's RST comes after it: `client`.
+pub fn queued_fin_then_reset(netns: &Netns, ip: IpAddr, port: u16, n: usize) -> Vec<Conn> {
+    netns.enter_thread(|| {
+        let listener = listen(ip, port);
+        // Small buffers keep the data each connection queues small.
+        SockRef::from(&listener)
+            .set_recv_buffer_size(16 * 1024)
+            .expect("SO_RCVBUF");
+        let mut conns = Vec::new();
+        for i in 0..n {
+            let (mut client, server) = connect_pair(&listener);
+            let queued = i % 2 == 0;
+            conns.push(conn(
+                &client,
+                &server,
+                if queued { "server-reset" } else { "client" },
+            ));
+            if queued {
+                SockRef::from(&client)
+                    .set_send_buffer_size(32 * 1024)
+                    .expect("SO_SNDBUF");
+                client.set_nonblocking(true).expect("nonblocking");
+                let chunk = [b'x'; 4096];
+                loop {
+                    match client.write(&chunk) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("write: {e}"),
+                    }
+                }
+            } else {
+                client.write_all(&[b'x'; 100]).unwrap();
+                wait_readable(&server);
+            }
+            drop(client);
+            drop(server);
+        }
+        drop(listener);
+        netns.wait_quiet();
+        conns
+    })
+}
+
 /// connect() to `ip:port` where nothing listens: the kernel answers the SYN with a RST and
 /// connect fails with ECONNREFUSED. The client binds first (port 0) to learn its address,
 /// because a failed connect releases the port. Expected closer: `refused`.
@@ -845,6 +934,32 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(netns: &str, port: u16) -> Nginx {
+        Nginx::start_server(
+            netns,
+            port,
+            &format!("listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }}"),
+        )
+    }
+
+    /// HTTPS on 127.0.0.1:`port` and [::1]:`port`, showing the certificate chain and key of
+    /// these PEM files; session tickets on (nginx's default), so clients may resume. `extra`:
+    /// more directives for the server block (`ssl_verify_client on;`...).
+    pub fn start_tls(netns: &str, port: u16, cert: &Path, key: &Path, extra: &str) -> Nginx {
+        Nginx::start_server(
+            netns,
+            port,
+            &format!(
+                "listen 127.0.0.1:{port} ssl; listen [::1]:{port} ssl;\n\
+                 ssl_certificate {}; ssl_certificate_key {}; {extra}\n\
+                 location / {{ return 200 \"ok\\n\"; }}",
+                cert.display(),
+                key.display()
+            ),
+        )
+    }
+
+    /// nginx with one `server { ... }` block of this body, listening on 127.0.0.1:`port`.
+    fn start_server(netns: &str, port: u16, server: &str) -> Nginx {
         let dir = tempdir(&format!("nginx-{port}"));
         let conf = dir.join("nginx.conf");
         std::fs::write(
@@ -856,7 +971,7 @@ impl Nginx {
                    client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                    fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
                    scgi_temp_path {d}/scgi;\n\
-                   server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+                   server {{ {server} }}\n}}\n",
                 d = dir.display()
             ),
         )
@@ -901,6 +1016,53 @@ pub fn wait_for_port(netns: &str, addr: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("nothing listens on {addr} in {netns}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+
+/// One scrape of an OpenMetrics endpoint: each sample line's value by its series, the metric
+/// name with its labels as the text spells them (`loadprobe_lost_events_total`,
+/// `loadprobe_time_wait_alive{side="client",substate="TIME_WAIT"}`).
+pub type Scrape = std::collections::BTreeMap<String, f64>;
+
+/// `GET /metrics` from `addr`, on a thread inside `netns`; panics unless it answers 200 within
+/// [`IO_TIMEOUT`].
+pub fn scrape(netns: &Netns, addr: SocketAddr) -> Scrape {
+    let text = netns.enter_thread(|| http_get(addr, "/metrics"));
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        body.ends_with("# EOF\n"),
+        "OpenMetrics ends with # EOF:\n{body}"
+    );
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("series value");
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or_else(|e| panic!("{l:?}: {e}")),
+            };
+            (series.to_string(), value)
+        })
+        .collect()
+}
+
+/// A plain HTTP/1.1 GET; returns the whole answer, head and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"));
+    text
 }
 
 #[cfg(test)]
@@ -1049,5 +1211,389 @@ mod tests {
         // the listener with a RST, which kills the TIME-WAIT (tcp_rfc1337=0). The first FIN is
         // still the client's.
         assert!(tw.len() >= 100, "only {} client TIME-WAITs", tw.len());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Misbehaving servers
+
+/// A small TCP server with a misbehaviour of its own, on a thread inside a namespace: each
+/// accepted connection goes to `handle`, on the accept thread, one after the other. The
+/// streams `handle` returns stay open until the server is dropped (a server that never
+/// closes); those it drops close when it does.
+pub struct TestServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    pub fn start(
+        netns: &Netns,
+        addr: SocketAddr,
+        handle: impl FnMut(TcpStream) -> Option<TcpStream> + Send + 'static,
+    ) -> TestServer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let path = format!("/run/netns/{}", netns.name());
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = {
+            let stop = stop.clone();
+            let mut handle = handle;
+            thread::spawn(move || {
+                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                // SAFETY: a valid namespace fd; setns only changes this thread's namespace.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    panic!("setns({path}): {}", std::io::Error::last_os_error());
+                }
+                let listener = listen(addr.ip(), addr.port());
+                listener.set_nonblocking(true).expect("nonblocking");
+                let _ = ready_tx.send(());
+                let mut kept = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            stream.set_nonblocking(false).expect("blocking");
+                            stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+                            kept.extend(handle(stream));
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(e) => panic!("accept: {e}"),
+                    }
+                }
+            })
+        };
+        ready_rx.recv().expect("test server listening");
+        TestServer {
+            stop,
+            thread: Some(thread),
+            addr,
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads an HTTP request's head (up to the blank line); returns false at EOF or an error.
+pub fn read_request_head(s: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A minimal complete response that leaves the connection open.
+pub const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+// ---------------------------------------------------------------------------------------------
+// Packet captures
+
+/// `tcpdump` on `lo` of a namespace, for the truth on the wire: who sent the first FIN or RST
+/// of each connection. Stopped (and its output parsed) by [`Capture::stop`].
+pub struct Capture {
+    child: Child,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+/// One TCP segment of a capture.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    /// tcpdump's flags: `S`, `.`, `P`, `F`, `R`, ... as in `[F.]`.
+    pub flags: String,
+}
+
+impl Capture {
+    /// Starts `tcpdump -i lo -n -l 'tcp port PORT'` in `netns`; returns once it listens.
+    pub fn start(netns: &Netns, port: u16) -> Capture {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", netns.name()])
+            .args([
+                "tcpdump", "-i", "lo", "-n", "-l", "-S", "-B", "65536", "-s", "128",
+            ])
+            .arg(format!("tcp port {port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump (cargo xtask setup installs it)");
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
+        let mut line = String::new();
+        // "listening on lo, link-type ..." once the capture runs.
+        while stderr.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("listening on") {
+            line.clear();
+        }
+        assert!(line.contains("listening on"), "tcpdump did not start");
+        let stderr = thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            rest
+        });
+        let mut stdout = child.stdout.take().expect("piped");
+        let stdout = thread::spawn(move || {
+            let mut out = String::new();
+            let _ = stdout.read_to_string(&mut out);
+            out
+        });
+        Capture {
+            child,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Stops the capture (SIGINT, so tcpdump flushes) and returns its segments in order.
+    /// Panics if the kernel dropped any packet of it: the capture would not be the truth.
+    pub fn stop(mut self) -> Vec<Segment> {
+        thread::sleep(Duration::from_millis(200));
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let _ = self.child.wait();
+        let out = self.stdout.take().unwrap().join().unwrap_or_default();
+        let stats = self.stderr.take().unwrap().join().unwrap_or_default();
+        let dropped = stats
+            .lines()
+            .find(|l| l.contains("dropped by kernel"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok());
+        assert_eq!(dropped, Some(0), "tcpdump dropped packets:\n{stats}");
+        out.lines().filter_map(Segment::parse).collect()
+    }
+
+    /// Per connection (client, server), in the order of their first segments: who first put
+    /// a FIN or an RST on the wire, named as the probe names closers (`client`, `server`,
+    /// `client-reset`, `server-reset`; None: neither yet), for connections to `server_port`.
+    pub fn first_closers(
+        segments: &[Segment],
+        server_port: u16,
+    ) -> Vec<((SocketAddr, SocketAddr), Option<&'static str>)> {
+        let mut conns: Vec<((SocketAddr, SocketAddr), Option<&'static str>)> = Vec::new();
+        let mut index = std::collections::HashMap::new();
+        for s in segments {
+            let (client, server, by_client) = if s.to.port() == server_port {
+                (s.from, s.to, true)
+            } else {
+                (s.to, s.from, false)
+            };
+            let i = *index.entry((client, server)).or_insert_with(|| {
+                conns.push(((client, server), None));
+                conns.len() - 1
+            });
+            let what = match (s.flags.contains('R'), s.flags.contains('F'), by_client) {
+                (true, _, true) => "client-reset",
+                (true, _, false) => "server-reset",
+                (false, true, true) => "client",
+                (false, true, false) => "server",
+                _ => continue,
+            };
+            conns[i].1.get_or_insert(what);
+        }
+        conns
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Segment {
+    /// `12:00:00.000000 IP 127.0.0.1.40000 > 127.0.0.1.8080: Flags [F.], seq ...` (IPv4 only).
+    fn parse(line: &str) -> Option<Segment> {
+        let mut words = line.split_whitespace();
+        words.find(|w| *w == "IP")?;
+        let from = words.next()?;
+        words.next().filter(|w| *w == ">")?;
+        let to = words.next()?.trim_end_matches(':');
+        words.find(|w| *w == "Flags")?;
+        let flags = words
+            .next()?
+            .trim_matches(|c| c == '[' || c == ']' || c == ',');
+        let addr = |s: &str| -> Option<SocketAddr> {
+            let (ip, port) = s.rsplit_once('.')?;
+            Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?))
+        };
+        Some(Segment {
+            from: addr(from)?,
+            to: addr(to)?,
+            flags: flags.to_string(),
+        })
+    }
+}
+
+/// A field of `/proc/PID/status` (`"Uid:"`, `"CapEff:"`), trimmed; panics if absent.
+pub fn status_line(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+        .trim()
+        .to_string()
+}
+
+/// Panics unless the command exited 0, showing its status, stdout and stderr.
+pub fn assert_success(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Held for a whole test by the tests that must not go beside each other: runs whose probe
+/// counts are held to the kernel's exactly lose some (closers `unknown`, FIN_WAIT2 sockets not
+/// counted) when another test's runs take the CPUs at the same time.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding it poisons it; the next one runs all the same.
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `loadprobe run ARGS -o record.json` inside `netns`; returns the record and the output.
+pub fn run_in(netns: &str, args: &[&str]) -> (Value, std::process::Output) {
+    // A directory of its own per call: runs may go at once.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = tempdir(&format!("{netns}-{n}"));
+    let record = dir.join("record.json");
+    let output = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(loadprobe_bin())
+        .arg("run")
+        .args(args)
+        .arg("-o")
+        .arg(&record)
+        .output()
+        .expect("ip netns exec loadprobe run");
+    let record = read_record(&record, &output);
+    let _ = std::fs::remove_dir_all(&dir);
+    (record, output)
+}
+
+/// A child process, killed when dropped: also when the test fails first.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The number at a record path (`requests.ok`); panics if it is not one.
+pub fn num(record: &Value, path: &str) -> u64 {
+    path.split('.')
+        .fold(record, |v, key| &v[key])
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path} is not a number in the record"))
+}
+
+/// The run record a `loadprobe run -o PATH` wrote; panics with the run's output if it did not.
+pub fn read_record(path: &std::path::Path, output: &std::process::Output) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "no record ({e}); stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    serde_json::from_str(&text).expect("record is JSON")
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+/// A test CA and the server certificates it signs, as PEM files in a folder of the test's.
+pub struct Pki {
+    dir: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA's certificate: what `--cacert` names.
+    pub ca: PathBuf,
+}
+
+/// A certificate and its key, as PEM files.
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Pki {
+    pub fn new(tag: &str) -> Pki {
+        let dir = tempdir(&format!("pki-{tag}"));
+        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "loadprobe test CA");
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, cert.pem()).expect("ca.pem");
+        Pki {
+            issuer: rcgen::Issuer::new(params, key),
+            dir,
+            ca,
+        }
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses) signed by the CA; expired
+    /// a year ago when `expired`.
+    pub fn server(&self, file: &str, names: &[&str], expired: bool) -> CertFiles {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("server params");
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed");
+        self.write(file, &cert.pem(), &key.serialize_pem())
+    }
+
+    /// A certificate for `names` signed by itself, which no CA vouches for.
+    pub fn self_signed(&self, file: &str, names: &[&str]) -> CertFiles {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(names).expect("self-signed");
+        self.write(file, &cert.pem(), &signing_key.serialize_pem())
+    }
+
+    fn write(&self, file: &str, cert: &str, key: &str) -> CertFiles {
+        let files = CertFiles {
+            cert: self.dir.join(format!("{file}.pem")),
+            key: self.dir.join(format!("{file}.key")),
+        };
+        std::fs::write(&files.cert, cert).expect("cert file");
+        std::fs::write(&files.key, key).expect("key file");
+        files
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -8,84 +8,16 @@
 //!   `cargo xtask setup`): it must take a screenshot, hold the five charts, and log no console
 //!   message (the page has no scripts, so any is an error). Without Chromium the test is skipped,
 //!   except under CI=true, where it fails.
-//! - Every kind of bad input exits 2 with one line naming the file.
+//! - Every kind of bad input exits 2 with one line naming the file (also for `report`).
 //!
 //! Needs the loadprobe binary of the same cargo profile (`cargo xtask test` builds it first).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+// A test binary sees every dependency of the package, whichever it uses.
+#![allow(unused_crate_dependencies)]
 
-use loadprobe_tests::loadprobe_bin;
-
-fn golden() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("golden")
-}
-
-/// Runs `loadprobe ARGS` in tests/golden/, so records are named by their file names.
-fn loadprobe(args: &[&str]) -> Output {
-    Command::new(loadprobe_bin())
-        .args(args)
-        .current_dir(golden())
-        .env_remove("NO_COLOR")
-        .output()
-        .expect("loadprobe runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A fresh directory for one test's files, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("lp-compare-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn str(&self, name: &str) -> String {
-        self.path(name).display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `actual` must equal tests/golden/`name` (or replaces it under UPDATE_GOLDEN=1).
-fn assert_golden(name: &str, actual: &str) {
-    let path = golden().join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).expect("write golden file");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
-    if expected != actual {
-        let line = expected
-            .lines()
-            .zip(actual.lines())
-            .position(|(e, a)| e != a)
-            .map_or_else(|| "the length".to_string(), |i| format!("line {}", i + 1));
-        panic!(
-            "{name} differs from the golden file at {line} (UPDATE_GOLDEN=1 rewrites it)\n\
-             --- expected\n{expected}\n--- actual\n{actual}"
-        );
-    }
-}
+use loadprobe_tests::reports::{
+    Scratch, assert_golden, chromium, golden, loadprobe, render, stderr, stdout, svgs,
+};
 
 #[test]
 fn text_report_matches_the_golden_file() {
@@ -201,11 +133,13 @@ fn bad_input_exits_2_with_one_line_naming_the_file() {
         (dir.str("older.json"), "missing field `probe`"),
     ];
     for (file, expect) in &cases {
-        for cmd in ["compare", "merge"] {
+        for cmd in ["compare", "merge", "report"] {
             let mut args = vec![cmd, "client-close.json", file.as_str()];
             let out = dir.str("merged.json");
-            if cmd == "merge" {
-                args.extend(["-o", out.as_str()]);
+            match cmd {
+                "merge" => args.extend(["-o", out.as_str()]),
+                "report" => args = vec![cmd, file.as_str()],
+                _ => {}
             }
             let o = loadprobe(&args);
             let err = stderr(&o);
@@ -274,27 +208,12 @@ fn merge_sums_records_and_refuses_different_workloads() {
     );
 }
 
-/// Chromium, if this machine has it.
-fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser"].iter().find_map(|name| {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-        })
-    })
-}
-
 #[test]
 fn html_report_renders_in_headless_chromium() {
     let Some(chrome) = chromium() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("chromium not installed: cargo xtask setup installs it");
-        }
-        eprintln!("skipped: chromium not installed (cargo xtask setup installs it)");
         return;
     };
-    let dir = Scratch::new("html");
+    let dir = Scratch::new("compare-html");
     let report = dir.path("report.html");
     let o = loadprobe(&[
         "compare",
@@ -306,62 +225,27 @@ fn html_report_renders_in_headless_chromium() {
         &report.display().to_string(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let url = format!("file://{}", report.display());
-    let browse = |extra: &[&str]| -> Output {
-        let profile = dir.path(&format!("profile-{}", extra.len()));
-        Command::new(&chrome)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--hide-scrollbars",
-                "--enable-logging=stderr",
-                "--v=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(extra)
-            .arg(&url)
-            .output()
-            .expect("chromium runs")
-    };
-
-    let shot = dir.path("report.png");
-    let o = browse(&[
-        "--window-size=1280,2000",
-        &format!("--screenshot={}", shot.display()),
-    ]);
-    assert!(o.status.success(), "chromium: {}", stderr(&o));
-    let png = std::fs::read(&shot).expect("a screenshot");
+    let shown = render(&chrome, &report, 2000, &dir);
     assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        shown.png.starts_with(b"\x89PNG") && shown.png.len() > 20_000,
         "{} bytes",
-        png.len()
+        shown.png.len()
     );
-    if let Some(keep) = std::env::var_os("LOADPROBE_KEEP_SCREENSHOT") {
-        let _ = std::fs::copy(&shot, keep);
-    }
-
-    let o = browse(&["--dump-dom"]);
-    assert!(o.status.success(), "chromium: {}", stderr(&o));
-    let dom = stdout(&o);
     assert_eq!(
-        dom.matches("<svg").count(),
+        svgs(&shown.dom).len(),
         5,
         "five charts in the rendered page"
     );
-    assert!(dom.contains("TIME_WAIT moved from the client to the server"));
-    // Console messages are logged as `...:CONSOLE(line)] "message"`; the page has no script,
-    // so any is an error (a failed load, a CSP violation, ...).
-    let log = stderr(&o);
-    let console: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(":CONSOLE") || l.contains("Uncaught"))
-        .collect();
-    assert!(console.is_empty(), "console messages: {console:#?}");
+    assert!(
+        shown
+            .dom
+            .contains("TIME_WAIT moved from the client to the server")
+    );
+    assert!(
+        shown.console.is_empty(),
+        "console messages: {:#?}",
+        shown.console
+    );
 }
 
 #[test]

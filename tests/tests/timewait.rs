@@ -4,12 +4,16 @@
 //!
 //! Each test makes its own namespace(s). Needs root (fails under `LOADPROBE_REQUIRE_BPF=1`).
 
+// A test binary sees every dependency of the package, whichever it uses.
+#![allow(unused_crate_dependencies)]
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use loadprobe::tune::netns::{Host, Topology};
+use loadprobe::model::Side;
+use loadprobe::tune::netns::Topology;
 use loadprobe_tests::{
     Conn, Netns, Trace, Tracer, V4, V6, burst_client_close, client_first_close, connect_pair,
     listen, read_to_eof, require_root, server_first_close, simultaneous_close,
@@ -150,17 +154,17 @@ fn reuse_over_veth_needs_tcp_tw_reuse_1() {
     for (reuse, reusable) in [("2", false), ("1", true)] {
         let topo =
             Topology::create(&format!("lp-twv{reuse}-{}", std::process::id())).expect("topology");
-        topo.set_sysctl(Host::Client, "net.ipv4.tcp_tw_reuse", reuse)
+        topo.set_sysctl(Side::Client, "net.ipv4.tcp_tw_reuse", reuse)
             .expect("tcp_tw_reuse");
-        topo.set_sysctl(Host::Client, "net.ipv4.ip_local_port_range", "40200 40200")
+        topo.set_sysctl(Side::Client, "net.ipv4.ip_local_port_range", "40200 40200")
             .expect("port range");
         let server = SocketAddr::new(IpAddr::V4(topo.server_addr()), 8103);
         let listener = topo
-            .run_in(Host::Server, || listen(server.ip(), 8103))
+            .run_in(Side::Server, || listen(server.ip(), 8103))
             .expect("listener");
-        let tracer = Tracer::start_in(&topo.name(Host::Client), &[8103]);
+        let tracer = Tracer::start_in(&topo.name(Side::Client), &[8103]);
         let (first, second) = topo
-            .run_in(Host::Client, || {
+            .run_in(Side::Client, || {
                 let first = one_port_client_close(server);
                 let (mut s, _) = listener.accept().expect("accept");
                 read_to_eof(&mut s);

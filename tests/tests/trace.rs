@@ -5,10 +5,13 @@
 //! Needs root (or fails under `LOADPROBE_REQUIRE_BPF=1`) and the loadprobe binary of the same
 //! cargo profile (`cargo xtask test` builds it first).
 
+// A test binary sees every dependency of the package, whichever it uses.
+#![allow(unused_crate_dependencies)]
+
 use loadprobe_tests::{
-    Conn, Netns, Nginx, Side, Tracer, V4, V6, burst_client_close, client_first_close,
-    connect_refused, linger0_abort, require_root, server_first_close, simultaneous_close,
-    unread_data_close,
+    Capture, Conn, Netns, Nginx, Side, Trace, Tracer, V4, V6, burst_client_close,
+    client_first_close, connect_refused, linger0_abort, queued_fin_then_reset, require_root,
+    server_first_close, simultaneous_close, unread_data_close,
 };
 
 /// Traces the namespace `lp-<test>-<pid>` (filtered to `ports`, or to the namespace only when
@@ -29,6 +32,76 @@ fn client_first_close_is_client() {
     check("client-first", &[8001], |ns| {
         client_first_close(ns, V4, 8001)
     });
+}
+
+/// Traces `client_first_close` on `port` with every read through `skc_net` failing: the debug
+/// build's test hook points its offset at the socket's addresses, as a BTF offset that does not
+/// fit the kernel would. `extra`: more arguments for `trace`.
+fn trace_with_failing_reads(test: &str, port: u16, extra: &[&str]) -> Option<Trace> {
+    if !require_root(test) {
+        return None;
+    }
+    let netns = Netns::for_test(test);
+    let tracer = Tracer::start_under(
+        netns.name(),
+        &["env", "LOADPROBE_TEST_SKC_NET_OFFSET=0"],
+        &[port],
+        extra,
+    );
+    let conns = client_first_close(&netns, V4, port);
+    // The warning comes with the once-a-second check.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let trace = tracer.stop();
+    assert!(!conns.is_empty());
+    assert!(
+        trace.read_errors() >= 4 * conns.len() as u64,
+        "each of a connection's state changes fails to read: summary {}",
+        trace.summary
+    );
+    Some(trace)
+}
+
+/// A kernel read that fails drops its event: the trace counts such reads in its summary and
+/// warns on stderr, naming the programs, instead of showing nothing but missing connections.
+/// Without `--probe-log` the programs describe nothing.
+#[test]
+fn failed_kernel_reads_are_counted_and_warned_about() {
+    let Some(trace) = trace_with_failing_reads("failed-reads", 8031, &[]) else {
+        return;
+    };
+    assert!(
+        trace.records.is_empty(),
+        "no event got through: {:?}",
+        trace.records
+    );
+    assert!(
+        trace
+            .stderr
+            .contains("kernel reads of the probe failed (inet_sock_set_state "),
+        "stderr: {}",
+        trace.stderr
+    );
+    assert!(
+        !trace.stderr.contains("probe log:"),
+        "stderr: {}",
+        trace.stderr
+    );
+}
+
+/// With `--probe-log` the programs say which read failed, through aya-log: the program and
+/// the field (the namespace's inode, read through the wrong pointer).
+#[test]
+fn probe_log_names_the_program_and_field_of_a_failed_read() {
+    let Some(trace) = trace_with_failing_reads("probe-log", 8032, &["--probe-log"]) else {
+        return;
+    };
+    assert!(
+        trace.stderr.contains(
+            "loadprobe: probe log: inet_sock_set_state: reading the kernel field net_inum failed"
+        ),
+        "stderr: {}",
+        trace.stderr
+    );
 }
 
 /// Connections on the filtered ports are traced, others not: with few ports the programs compare
@@ -91,6 +164,33 @@ fn close_with_unread_data_by_client_is_client_reset() {
     check("unread-client", &[8007], |ns| {
         unread_data_close(ns, V4, 8007, Side::Client)
     });
+}
+
+/// A FIN still queued behind unsent data is not a FIN sent: the closer is whoever first put a
+/// FIN or an RST on the wire, as a capture taken meanwhile shows it.
+#[test]
+fn a_fin_queued_behind_unsent_data_is_not_a_fin_sent() {
+    if !require_root("queued FIN") {
+        return;
+    }
+    let netns = Netns::for_test("queued-fin");
+    let capture = Capture::start(&netns, 8012);
+    let tracer = Tracer::start(&netns, &[8012]);
+    let conns = queued_fin_then_reset(&netns, V4, 8012, 40);
+    let trace = tracer.stop();
+    let wire: std::collections::HashMap<_, _> = Capture::first_closers(&capture.stop(), 8012)
+        .into_iter()
+        .collect();
+    for c in &conns {
+        assert_eq!(
+            wire.get(&(c.client, c.server)).copied().flatten(),
+            Some(c.expected),
+            "the capture: {} -> {}",
+            c.client,
+            c.server
+        );
+    }
+    trace.assert_closers(&conns);
 }
 
 #[test]
@@ -173,4 +273,234 @@ fn third_party_client_and_server() {
         "{closers:?}"
     );
     assert_eq!(trace.lost_events(), 0);
+}
+
+/// `--all-netns` over veth: each end of a record carries its own namespace, and so does the
+/// server's timewait socket (server-close), not the client's.
+#[test]
+fn each_end_carries_its_own_namespace() {
+    use loadprobe::model::Side;
+    use loadprobe::tune::netns::Topology;
+    use std::io::Read;
+    if !require_root("namespaces per end") {
+        return;
+    }
+    let topo = Topology::create(&format!("lp-nsend-{}", std::process::id())).expect("topology");
+    let server = std::net::SocketAddr::new(topo.server_addr().into(), 8013);
+    let listener = topo
+        .run_in(Side::Server, || std::net::TcpListener::bind(server))
+        .expect("enter")
+        .expect("bind");
+    let tracer = Tracer::start_with(&topo.name(Side::Client), &[8013], &["--all-netns"]);
+    let mut client = topo
+        .run_in(Side::Client, || std::net::TcpStream::connect(server))
+        .expect("enter")
+        .expect("connect");
+    let (accepted, _) = listener.accept().expect("accept");
+    drop(accepted);
+    let mut buf = [0u8; 16];
+    assert_eq!(client.read(&mut buf).expect("EOF"), 0);
+    let client_addr = client.local_addr().unwrap();
+    drop(client);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let trace = tracer.stop();
+    let records: Vec<_> = trace
+        .records
+        .iter()
+        .filter(|r| r["client"] == client_addr.to_string().as_str())
+        .collect();
+    assert_eq!(records.len(), 1, "{:#?}", trace.records);
+    let r = records[0];
+    let inode = |host| topo.inode(host).expect("inode");
+    assert_eq!(r["closer"], "server", "{r}");
+    assert_eq!(r["client_netns"], inode(Side::Client), "{r}");
+    assert_eq!(r["server_netns"], inode(Side::Server), "{r}");
+    let tw = &r["time_wait"][0];
+    assert_eq!(tw["side"], "server", "{r}");
+    assert_eq!(tw["netns"], inode(Side::Server), "{r}");
+}
+
+/// A consumer that reads `trace`'s output slowly makes the probe lose events (its ring buffer
+/// fills while the tracer waits to write; reset mode, whose records go out at once, having no
+/// TIME_WAIT to wait for): `trace` says so on stderr while it runs, not only in
+/// its final summary.
+#[test]
+fn lost_events_are_reported_as_they_happen() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    if !require_root("lost events warning") {
+        return;
+    }
+    let netns = Netns::for_test("lost-warn");
+    let mut trace = Command::new("ip")
+        .args(["netns", "exec", netns.name()])
+        .arg(loadprobe_tests::loadprobe_bin())
+        .args(["trace", "--format", "jsonl"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loadprobe trace");
+    let mut stdout = trace.stdout.take().unwrap();
+    // The slow consumer: 1 KiB every 100 ms.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while stdout.read(&mut buf).unwrap_or(0) > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(trace.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("trace starts");
+    assert!(started.contains("tracing"), "{started}");
+    let mut load = Command::new("ip")
+        .args(["netns", "exec", netns.name()])
+        .arg(loadprobe_tests::loadprobe_bin())
+        .args(["run", "--no-probe", "--mode", "reset", "--users", "32"])
+        .args(["--duration", "60s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("loadprobe run");
+    // Until the ring buffer has overflowed: how long that takes depends on how fast a busy
+    // machine makes connections, not on the probe.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut warning = None;
+    let mut said = Vec::new();
+    while warning.is_none() && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            if line.contains("lost") {
+                warning = Some(line);
+            } else {
+                said.push(line);
+            }
+        }
+    }
+    let _ = load.kill();
+    let _ = load.wait();
+    // Still tracing (never told to stop): the warning came while it ran.
+    let running = trace.try_wait().expect("trace status").is_none();
+    let _ = trace.kill();
+    let _ = trace.wait();
+    let warning =
+        warning.unwrap_or_else(|| panic!("no warning on stderr while trace ran: {said:?}"));
+    assert!(running);
+    assert!(
+        warning.contains("TIME_WAIT") && warning.contains("closers"),
+        "names what it makes uncertain: {warning}"
+    );
+}
+
+/// `trace --all-netns` beside two namespaces that each drive server-close as fast as they can
+/// against a server on the same 127.0.0.1:port: the same 4-tuples are in both namespaces at
+/// once, and each namespace's TIME_WAIT sockets must be counted as its kernel counts them
+/// (TcpExtTW, TcpExtTWKilled), none taken for the other's.
+///
+/// Ignored until issue 20's silent loss is found: at ~3-4k connections/s it passes (the
+/// namespace collision it was written for is fixed), but at ~8k/s on a quiet machine
+/// `entered` is still short of TcpExtTW (23,991 of 24,127, lost 0, skipped 0) and one run
+/// counted 60 false overflows. Run it with `cargo test --test trace -- --ignored`.
+#[test]
+#[ignore = "issue 20: TIME_WAIT still short of the kernel at ~8k connections/s"]
+fn the_same_tuples_in_two_namespaces_under_churn_match_the_kernel() {
+    if !require_root("same tuples in two namespaces") {
+        return;
+    }
+    const PORT: &str = "127.0.0.1:8013";
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let counter = |ns: &Netns, name: &str| -> u64 {
+        ns.exec(&["nstat", "-a", "-z", name])
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{name} in nstat"))
+    };
+    let spaces = [Netns::for_test("churn-a"), Netns::for_test("churn-b")];
+    let loadprobe = |ns: &Netns, args: &[&str]| {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", ns.name()])
+            .arg(loadprobe_tests::loadprobe_bin())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    let _servers: Vec<Killed> = spaces
+        .iter()
+        .map(|ns| {
+            let server = Killed(loadprobe(ns, &["serve", "--listen", PORT]).spawn().unwrap());
+            loadprobe_tests::wait_for_port(ns.name(), PORT);
+            server
+        })
+        .collect();
+    let before: Vec<(u64, u64)> = spaces
+        .iter()
+        .map(|ns| (counter(ns, "TcpExtTW"), counter(ns, "TcpExtTWKilled")))
+        .collect();
+    let tracer = Tracer::start_with(spaces[0].name(), &[8013], &["--all-netns"]);
+    let target = format!("http://{PORT}/");
+    let mut runs: Vec<Killed> = spaces
+        .iter()
+        .map(|ns| {
+            let args = [
+                "run",
+                "--no-probe",
+                "--mode",
+                "server-close",
+                "--target",
+                &target,
+            ];
+            let more = ["--users", "512", "--duration", "3s"];
+            let mut cmd = loadprobe(ns, &args);
+            Killed(cmd.args(more).spawn().unwrap())
+        })
+        .collect();
+    for run in &mut runs {
+        assert!(run.0.wait().unwrap().success());
+    }
+    let trace = tracer.stop();
+    let (mut entered, mut killed) = (0, 0);
+    for (ns, (tw, tw_killed)) in spaces.iter().zip(before) {
+        entered += counter(ns, "TcpExtTW") - tw;
+        killed += counter(ns, "TcpExtTWKilled") - tw_killed;
+    }
+    let server = &trace.summary["time_wait"]["server"];
+    let fin_wait2 = &trace.summary["time_wait"]["fin_wait2"]["server"];
+    assert_eq!(trace.lost_events(), 0, "{}", trace.summary);
+    assert!(entered > 2_000, "a churn: {entered} TIME_WAIT sockets");
+    // A socket the kernel skipped a program for may be missing, and only such a one.
+    let skipped = trace.skipped_events();
+    let seen = server["entered"].as_u64().unwrap();
+    assert!(
+        seen <= entered && entered - seen <= skipped,
+        "entered {seen}, kernel {entered}, skipped {skipped}: {}",
+        trace.summary
+    );
+    assert_eq!(server["killed"].as_u64(), Some(killed), "{}", trace.summary);
+    assert_eq!(fin_wait2["killed"].as_u64(), Some(0), "{}", trace.summary);
+    assert_eq!(
+        server["reused_older"].as_u64(),
+        Some(0),
+        "{}",
+        trace.summary
+    );
 }

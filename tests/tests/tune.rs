@@ -7,6 +7,9 @@
 //! cargo profile. The tests run one at a time: each measures throughput and errors, and two
 //! validations sharing the machine's cores would measure each other.
 
+// A test binary sees every dependency of the package, whichever it uses.
+#![allow(unused_crate_dependencies)]
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -14,7 +17,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use loadprobe_tests::{Netns, loadprobe_bin, require_root, tempdir};
+use loadprobe_tests::{Netns, loadprobe_bin, netns_listed, require_root, tempdir};
 use serde_json::Value;
 
 /// The host values a validation must leave alone: every sysctl the tests set.
@@ -54,16 +57,7 @@ fn prefix(test: &str) -> String {
 
 /// Namespaces of `prefix` still listed by `ip netns list`.
 fn leftovers(prefix: &str) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|name| name.starts_with(&format!("{prefix}-")))
-        .map(str::to_string)
-        .collect()
+    netns_listed(&format!("{prefix}-"))
 }
 
 /// What one `tune validate` left: its output and the files in --output-dir.
@@ -89,13 +83,7 @@ impl Validation {
     }
 
     fn assert_success(&self) {
-        assert!(
-            self.output.status.success(),
-            "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-            self.output.status,
-            self.stdout,
-            self.stderr
-        );
+        loadprobe_tests::assert_success(&self.output);
     }
 }
 

@@ -14,7 +14,13 @@
 //! send nothing. No tracepoint probe can cost less than those, so they say which targets a
 //! probe can meet at all on this machine.
 //!
+//! With `--tls`, the same over HTTPS instead (see [`tls`]): nginx speaks TLS 1.3, and loadprobe
+//! runs with resumption off and on, each peer compared with the loadprobe row that does the same
+//! kind of handshake as it does (measured first, from nginx's `$ssl_session_reused`).
+//!
 //! nginx is stopped at the end, on error and on Ctrl-C (SIGINT/SIGTERM) too.
+
+mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -55,6 +61,12 @@ pub struct BenchArgs {
     /// tracepoint probe pays before its own work (`loadprobe run --probe-floor`).
     #[arg(long)]
     floor: bool,
+    /// HTTPS rows instead of plain HTTP: nginx speaks TLS 1.3 with an ECDSA P-256 certificate
+    /// made for the run; loadprobe with `--tls-resume off` and `on`; wrk and oha, each compared
+    /// with the loadprobe row doing the kind of handshake it does (calibrated first). No
+    /// reference loop (it has no TLS).
+    #[arg(long)]
+    tls: bool,
 }
 
 const MODES: [&str; 3] = ["client-close", "server-close", "keep-alive"];
@@ -65,6 +77,10 @@ enum Tool {
     NoProbe,
     FloorAttached,
     FloorFiltered,
+    /// loadprobe, probe attached, `--tls-resume on` (the plain rows are `--tls-resume off`).
+    ProbeResume,
+    /// loadprobe, `--no-probe`, `--tls-resume on`.
+    NoProbeResume,
     Wrk,
     Oha,
     Reference,
@@ -77,9 +93,20 @@ impl Tool {
             Tool::NoProbe => "loadprobe (--no-probe)",
             Tool::FloorAttached => "loadprobe (floor: attached)",
             Tool::FloorFiltered => "loadprobe (floor: filtered)",
+            Tool::ProbeResume => "loadprobe (probe, resume on)",
+            Tool::NoProbeResume => "loadprobe (--no-probe, resume on)",
             Tool::Wrk => "wrk",
             Tool::Oha => "oha",
             Tool::Reference => "reference loop",
+        }
+    }
+
+    /// The label in a bench over TLS (`tls`) or not: over TLS loadprobe's plain rows run with
+    /// `--tls-resume off`, and say so.
+    fn label_in(self, tls: bool) -> String {
+        match self {
+            Tool::Probe | Tool::NoProbe if tls => self.label().replace(')', ", resume off)"),
+            _ => self.label().to_string(),
         }
     }
 
@@ -92,10 +119,27 @@ impl Tool {
         }
     }
 
+    fn is_loadprobe(self) -> bool {
+        !matches!(self, Tool::Wrk | Tool::Oha | Tool::Reference)
+    }
+
+    fn probe_attached(self) -> bool {
+        matches!(self, Tool::Probe | Tool::ProbeResume)
+    }
+
+    /// loadprobe's `--tls-resume` in an https run.
+    fn resume(self) -> bool {
+        matches!(self, Tool::ProbeResume | Tool::NoProbeResume)
+    }
+
     /// Who runs in `mode`: wrk has no client-close; oha's `--disable-keepalive` sends
-    /// `Connection: close`, so the server closes: server-close.
-    fn in_mode(mode: &str, oha: bool, floor: bool) -> Vec<Tool> {
+    /// `Connection: close`, so the server closes: server-close. Over TLS loadprobe runs with
+    /// resumption off and on, and the reference loop (plain TCP) not at all.
+    fn in_mode(mode: &str, oha: bool, floor: bool, tls: bool) -> Vec<Tool> {
         let mut tools = vec![Tool::Probe, Tool::NoProbe];
+        if tls {
+            tools.extend([Tool::ProbeResume, Tool::NoProbeResume]);
+        }
         if floor {
             tools.extend([Tool::FloorAttached, Tool::FloorFiltered]);
         }
@@ -105,7 +149,9 @@ impl Tool {
                 tools.push(Tool::Oha);
             }
         }
-        tools.push(Tool::Reference);
+        if !tls {
+            tools.push(Tool::Reference);
+        }
         tools
     }
 }
@@ -121,6 +167,14 @@ struct Sample {
     cpu_us_per_req: f64,
     /// nginx's worker CPU over the measured window, in cores (1.0: saturated).
     nginx_cores: Option<f64>,
+    /// TLS handshakes made (https runs): loadprobe's record counts them; a peer makes one per
+    /// request in the close modes, and an unknown number (about one per connection) in
+    /// keep-alive.
+    handshakes: Option<f64>,
+    /// Of those, resumed ones (loadprobe's record; a peer's share is its calibration's).
+    resumed: Option<f64>,
+    /// The contender's CPU time per handshake, µs, in the close modes of an https run.
+    cpu_us_per_handshake: Option<f64>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -164,8 +218,12 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<ExitCode> {
 
     let tmp = TempDir::new()?;
     let port = free_port()?;
-    let nginx = Nginx::start(tmp.path(), port, args.concurrency)?;
-    let env = Env::probe(&nginx, oha.as_ref().ok());
+    let tls = args
+        .tls
+        .then(|| tls::Setup::new(tmp.path(), free_port()?))
+        .transpose()?;
+    let nginx = Nginx::start(tmp.path(), port, args.concurrency, tls.as_ref())?;
+    let env = Env::probe(&nginx, oha.as_ref().ok(), tls.as_ref());
     println!("bench: {}", env.headline(&args));
 
     let ctx = Ctx {
@@ -177,7 +235,9 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<ExitCode> {
         oha: oha.as_ref().ok(),
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         nginx_worker: nginx.worker,
+        tls: tls.as_ref(),
     };
+    let calibration = tls.as_ref().map(|t| ctx.calibrate(t)).transpose()?;
     let modes: Vec<&str> = MODES
         .into_iter()
         .filter(|m| args.modes.is_empty() || args.modes.iter().any(|a| a == m))
@@ -185,17 +245,19 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<ExitCode> {
     let mut samples: BTreeMap<(&str, Tool), Vec<Sample>> = BTreeMap::new();
     for rep in 0..args.repeat {
         for &mode in &modes {
-            let mut tools = Tool::in_mode(mode, ctx.oha.is_some(), args.floor);
+            let mut tools = Tool::in_mode(mode, ctx.oha.is_some(), args.floor, args.tls);
             if rep % 2 == 1 {
                 tools.reverse();
             }
+            // The longest label: "loadprobe (--no-probe, resume off)" over TLS.
+            let width = if args.tls { 34 } else { 27 };
             for tool in tools {
                 let s = ctx.measure(mode, tool, rep)?;
                 println!(
-                    "bench: [{}/{}] {mode:<12} {:<27} {:>9.0} {}/s{}",
+                    "bench: [{}/{}] {mode:<12} {:<width$} {:>9.0} {}/s{}",
                     rep + 1,
                     args.repeat,
-                    tool.label(),
+                    tool.label_in(args.tls),
                     s.value,
                     unit(mode),
                     if s.errors > 0 {
@@ -226,7 +288,14 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<ExitCode> {
     };
 
     drop(nginx);
-    let table = render(&env, &args, &samples, oha.as_ref().err(), rss.as_ref());
+    let table = render(
+        &env,
+        &args,
+        &samples,
+        oha.as_ref().err(),
+        rss.as_ref(),
+        calibration.as_ref(),
+    );
     println!();
     print!("{table}");
     Ok(ExitCode::SUCCESS)
@@ -368,8 +437,14 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(dir: &Path, port: u16, concurrency: u32) -> Result<Nginx> {
+    /// With `tls`, the server speaks TLS, beside a second one logging each connection's
+    /// handshake for the calibration.
+    fn start(dir: &Path, port: u16, concurrency: u32, tls: Option<&tls::Setup>) -> Result<Nginx> {
         let d = dir.display();
+        let location = "location / {
+            default_type text/plain;
+            return 200 \"loadprobe bench: a small static response\\n\";
+        }";
         let worker_connections = (4 * concurrency).max(4096);
         let conf = format!(
             "# loadprobe bench: a private nginx (never the system's configuration)
@@ -392,16 +467,15 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{
-            default_type text/plain;
-            return 200 \"loadprobe bench: a small static response\\n\";
-        }}
+{tls_http}    server {{
+        listen 127.0.0.1:{port}{ssl} backlog=4096;
+        {location}
     }}
 }}
 ",
             rlimit = 2 * worker_connections + 64,
+            ssl = if tls.is_some() { " ssl" } else { "" },
+            tls_http = tls.map_or(String::new(), |t| t.nginx_http(location)),
         );
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
@@ -559,10 +633,12 @@ struct Env {
     wrk: String,
     oha: Option<String>,
     sysctls: String,
+    /// What the HTTPS rows had in common, for an https bench.
+    tls: Option<String>,
 }
 
 impl Env {
-    fn probe(nginx: &Nginx, oha: Option<&PathBuf>) -> Env {
+    fn probe(nginx: &Nginx, oha: Option<&PathBuf>, tls: Option<&tls::Setup>) -> Env {
         let out = |cmd: &mut Command| {
             cmd.output()
                 .map(|o| {
@@ -597,6 +673,7 @@ impl Env {
                 read("/proc/sys/net/ipv4/tcp_tw_reuse"),
                 read("/proc/sys/net/ipv4/tcp_max_tw_buckets"),
             ),
+            tls: tls.map(|t| t.headline(&out(Command::new("openssl").arg("version")))),
         }
     }
 
@@ -618,7 +695,10 @@ impl Env {
                 None => "every contender from one source address (127.0.0.1)".into(),
             },
             self.sysctls
-        )
+        ) + &self
+            .tls
+            .as_ref()
+            .map_or(String::new(), |t| format!("; {t}"))
     }
 }
 
@@ -631,6 +711,7 @@ struct Ctx<'a> {
     oha: Option<&'a PathBuf>,
     threads: usize,
     nginx_worker: Option<u32>,
+    tls: Option<&'a tls::Setup>,
 }
 
 /// What a finished child left.
@@ -643,29 +724,83 @@ struct Finished {
     stderr: String,
 }
 
+impl Finished {
+    /// Itself if the child exited with success; else an error naming `what`, with the end of
+    /// its stderr.
+    fn succeeded(self, what: &str) -> Result<Finished> {
+        if !self.status.success() {
+            bail!("{what} failed: {}\n{}", self.status, tail(&self.stderr, 20));
+        }
+        Ok(self)
+    }
+}
+
 impl Ctx<'_> {
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+    fn url(&self, port: u16) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{port}/")
     }
 
-    fn measure(&self, mode: &str, tool: Tool, rep: u32) -> Result<Sample> {
-        let d = self.args.duration;
+    /// loadprobe's `--target`, and over TLS the same trust as the peers: no certificate
+    /// verification (wrk never verifies; oha gets `--insecure`).
+    fn target_args(&self, cmd: &mut Command, port: u16) {
+        cmd.args(["--target", &self.url(port)]);
+        if self.tls.is_some() {
+            cmd.arg("--insecure");
+        }
+    }
+
+    /// `tool` in `mode` against nginx on `port` for `d` seconds; loadprobe writes its record
+    /// to `record`.
+    fn command(&self, mode: &str, tool: Tool, port: u16, d: u64, record: &Path) -> Result<Command> {
         let c = self.args.concurrency.to_string();
         let t = self.threads.to_string();
-        let name = format!("{mode}-{tool:?}-{rep}");
-        let record = self.dir.join(format!("{name}.json"));
         let mut cmd;
         match tool {
-            Tool::Probe | Tool::NoProbe | Tool::FloorAttached | Tool::FloorFiltered => {
+            Tool::Wrk => {
+                cmd = Command::new("wrk");
+                cmd.args(["-t", &t, "-c", &c, "-d", &format!("{d}s")]);
+                if mode == "server-close" {
+                    cmd.args(["-H", "Connection: close"]);
+                }
+                cmd.arg(self.url(port));
+            }
+            Tool::Oha => {
+                cmd = Command::new(self.oha.context("no oha")?);
+                cmd.args(["--no-tui", "--output-format", "json", "-c", &c])
+                    .args(["-z", &format!("{d}s")]);
+                if mode != "keep-alive" {
+                    cmd.arg("--disable-keepalive");
+                }
+                if self.tls.is_some() {
+                    cmd.arg("--insecure");
+                }
+                cmd.arg(self.url(port));
+            }
+            Tool::Reference => {
+                cmd = Command::new(self.reference);
+                cmd.args(["--mode", mode, "--connections", &c, "--threads", &t])
+                    .args(["--duration", &d.to_string()])
+                    .args(["--target", &format!("127.0.0.1:{port}")]);
+                if let Some(s) = &self.args.source_ips {
+                    cmd.args(["--source-ips", s]);
+                }
+            }
+            // Every other contender is loadprobe in one of its settings.
+            _ => {
                 cmd = Command::new(self.loadprobe);
                 // loadprobe's own thread count: what its users get (see `--threads`).
                 cmd.args(["run", "--mode", mode, "--users", &c])
                     .arg("--duration")
                     .arg(format!("{d}s"))
-                    .args(["--target", &self.url()])
                     .arg("-o")
-                    .arg(&record);
-                if tool == Tool::NoProbe {
+                    .arg(record);
+                self.target_args(&mut cmd, port);
+                if self.tls.is_some() {
+                    let resume = if tool.resume() { "on" } else { "off" };
+                    cmd.args(["--tls-resume", resume]);
+                }
+                if !tool.probe_attached() && tool.floor().is_none() {
                     cmd.arg("--no-probe");
                 }
                 if let Some(floor) = tool.floor() {
@@ -675,33 +810,15 @@ impl Ctx<'_> {
                     cmd.args(["--source-ips", s]);
                 }
             }
-            Tool::Wrk => {
-                cmd = Command::new("wrk");
-                cmd.args(["-t", &t, "-c", &c, "-d", &format!("{d}s")]);
-                if mode == "server-close" {
-                    cmd.args(["-H", "Connection: close"]);
-                }
-                cmd.arg(self.url());
-            }
-            Tool::Oha => {
-                cmd = Command::new(self.oha.context("no oha")?);
-                cmd.args(["--no-tui", "--output-format", "json", "-c", &c])
-                    .args(["-z", &format!("{d}s")]);
-                if mode != "keep-alive" {
-                    cmd.arg("--disable-keepalive");
-                }
-                cmd.arg(self.url());
-            }
-            Tool::Reference => {
-                cmd = Command::new(self.reference);
-                cmd.args(["--mode", mode, "--connections", &c, "--threads", &t])
-                    .args(["--duration", &d.to_string()])
-                    .args(["--target", &format!("127.0.0.1:{}", self.port)]);
-                if let Some(s) = &self.args.source_ips {
-                    cmd.args(["--source-ips", s]);
-                }
-            }
         }
+        Ok(cmd)
+    }
+
+    fn measure(&self, mode: &str, tool: Tool, rep: u32) -> Result<Sample> {
+        let d = self.args.duration;
+        let name = format!("{mode}-{tool:?}-{rep}");
+        let record = self.dir.join(format!("{name}.json"));
+        let mut cmd = self.command(mode, tool, self.port, d, &record)?;
         let nginx_before = self.nginx_worker.and_then(cpu_seconds);
         let f = run_child(&mut cmd, self.dir, &name, Duration::from_secs(d + 60))?;
         let nginx_cpu = self
@@ -709,39 +826,10 @@ impl Ctx<'_> {
             .and_then(cpu_seconds)
             .zip(nginx_before)
             .map(|(after, before)| after - before);
-        if !f.status.success() {
-            bail!(
-                "{} ({mode}) failed: {}\n{}",
-                tool.label(),
-                f.status,
-                tail(&f.stderr, 20)
-            );
-        }
+        let f = f.succeeded(&format!("{} ({mode})", tool.label()))?;
         let per_conn = mode != "keep-alive";
-        // (rate, errors, measured seconds)
-        let (value, errors, secs) = match tool {
-            Tool::Probe | Tool::NoProbe | Tool::FloorAttached | Tool::FloorFiltered => {
-                let v: Value = serde_json::from_slice(&std::fs::read(&record)?)
-                    .with_context(|| format!("reading {}", record.display()))?;
-                let attached = v["probe"]["attached"].as_bool() == Some(true);
-                // A floor has no results, so its record says the probe is off, and why.
-                let at_floor = v["probe"]["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("cost floor"));
-                if (tool == Tool::Probe) != attached || tool.floor().is_some() != at_floor {
-                    bail!(
-                        "{} ({mode}): probe.attached is {attached}, reason {}: {}",
-                        tool.label(),
-                        v["probe"]["reason"],
-                        tail(&f.stderr, 5)
-                    );
-                }
-                let key = if per_conn { "connections_per_s" } else { "rps" };
-                let errors = v["requests"]["errors"]
-                    .as_object()
-                    .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
-                (num(&v["throughput"][key])?, errors, num(&v["duration_s"])?)
-            }
+        // (rate, errors, measured seconds, TLS handshakes in loadprobe's record)
+        let (value, errors, secs, handshakes) = match tool {
             Tool::Wrk => {
                 let rps = f
                     .stdout
@@ -763,7 +851,7 @@ impl Ctx<'_> {
                         errors += rest.trim().parse::<u64>().unwrap_or(0);
                     }
                 }
-                (rps, errors, d as f64)
+                (rps, errors, d as f64, None)
             }
             Tool::Oha => {
                 let v: Value = serde_json::from_str(&f.stdout).context("oha's JSON output")?;
@@ -775,7 +863,7 @@ impl Ctx<'_> {
                         .sum()
                 });
                 let secs = v["summary"]["total"].as_f64().unwrap_or(d as f64);
-                (num(&v["summary"]["requestsPerSec"])?, errors, secs)
+                (num(&v["summary"]["requestsPerSec"])?, errors, secs, None)
             }
             Tool::Reference => {
                 let v: Value = serde_json::from_str(&f.stdout).context("bench-ref's output")?;
@@ -783,10 +871,44 @@ impl Ctx<'_> {
                     .as_object()
                     .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
                 // Completions: each one is a whole connection in the close modes.
-                (num(&v["rps"])?, errors, num(&v["duration_s"])?)
+                (num(&v["rps"])?, errors, num(&v["duration_s"])?, None)
+            }
+            // Every other contender is loadprobe in one of its settings.
+            _ => {
+                let v: Value = serde_json::from_slice(&std::fs::read(&record)?)
+                    .with_context(|| format!("reading {}", record.display()))?;
+                let attached = v["probe"]["attached"].as_bool() == Some(true);
+                // A floor has no results, so its record says the probe is off, and why.
+                let at_floor = v["probe"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("cost floor"));
+                if tool.probe_attached() != attached || tool.floor().is_some() != at_floor {
+                    bail!(
+                        "{} ({mode}): probe.attached is {attached}, reason {}: {}",
+                        tool.label(),
+                        v["probe"]["reason"],
+                        tail(&f.stderr, 5)
+                    );
+                }
+                let key = if per_conn { "connections_per_s" } else { "rps" };
+                let errors = v["requests"]["errors"]
+                    .as_object()
+                    .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+                let resumed = v["tls"]["resumed_handshakes"].as_f64();
+                let handshakes = v["tls"]["full_handshakes"]
+                    .as_f64()
+                    .zip(resumed)
+                    .map(|(full, resumed)| (full + resumed, resumed));
+                let (rate, secs) = (num(&v["throughput"][key])?, num(&v["duration_s"])?);
+                (rate, errors, secs, handshakes)
             }
         };
         let requests = (value * secs).max(1.0);
+        // A peer makes a connection, so a handshake, per request in the close modes.
+        let (handshakes, resumed) = match handshakes {
+            Some((total, resumed)) => (Some(total), Some(resumed)),
+            None => ((self.tls.is_some() && per_conn).then_some(requests), None),
+        };
         Ok(Sample {
             value,
             errors,
@@ -794,6 +916,13 @@ impl Ctx<'_> {
             cpu_us_per_req: f.cpu_s / requests * 1e6,
             // The window is the contender's measured one: nginx idles during start-up.
             nginx_cores: nginx_cpu.map(|c| (c / secs.max(1e-3)).min(1.0)),
+            handshakes,
+            resumed,
+            // In keep-alive a handful of handshakes open the connections: the CPU is the
+            // requests'.
+            cpu_us_per_handshake: handshakes
+                .filter(|&h| per_conn && h >= 1.0)
+                .map(|h| f.cpu_s / h * 1e6),
         })
     }
 
@@ -806,22 +935,17 @@ impl Ctx<'_> {
             let mut cmd = Command::new(self.loadprobe);
             cmd.args(["run", "--mode", mode])
                 .args(["--users", &self.args.concurrency.to_string()])
-                .args(["--requests", &n.to_string(), "--target", &self.url()])
+                .args(["--requests", &n.to_string()])
                 .arg("-o")
                 .arg(&record);
+            self.target_args(&mut cmd, self.port);
             if let Some(s) = &self.args.source_ips {
                 cmd.args(["--source-ips", s]);
             }
             println!("bench: peak RSS: loadprobe (probe) {mode}, {n} connections");
             let started = Instant::now();
-            let f = run_child(&mut cmd, self.dir, &name, Duration::from_secs(1800))?;
-            if !f.status.success() {
-                bail!(
-                    "loadprobe ({name}) failed: {}\n{}",
-                    f.status,
-                    tail(&f.stderr, 20)
-                );
-            }
+            let f = run_child(&mut cmd, self.dir, &name, Duration::from_secs(1800))?
+                .succeeded(&format!("loadprobe ({name})"))?;
             let v: Value = serde_json::from_slice(&std::fs::read(&record)?)?;
             let attached = v["probe"]["attached"].as_bool() == Some(true);
             let conns = v["connections"]["opened"].as_u64().unwrap_or(0);
@@ -972,25 +1096,36 @@ fn thousands(x: f64) -> String {
 /// A ratio row: name, value, target, and whether a value meets the target.
 type Row = (String, Option<f64>, &'static str, fn(f64) -> bool);
 
-/// The results as Markdown tables (pasted into the README as they are).
+/// The results as Markdown tables (pasted into docs/benchmarks.md as they are).
 fn render(
     env: &Env,
     args: &BenchArgs,
     samples: &BTreeMap<(&str, Tool), Vec<Sample>>,
     oha_missing: Option<&String>,
     rss: Option<&Rss>,
+    calibration: Option<&tls::Calibration>,
 ) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "{}\n", env.headline(args));
+    // An https bench adds what each contender's handshakes were, and their CPU.
+    let (tls_head, tls_align) = match calibration {
+        Some(_) => (
+            " handshakes (resumed) | client CPU / handshake |",
+            "---:|---:|",
+        ),
+        None => ("", ""),
+    };
     let _ = writeln!(
         t,
-        "| mode | contender | median | runs | errors | client CPU / req | nginx worker CPU | peak RSS |\n\
-         |---|---|---:|---|---:|---:|---:|---:|"
+        "| mode | contender | median | runs | errors | client CPU / req |{tls_head} nginx worker CPU | peak RSS |\n\
+         |---|---|---:|---|---:|---:|{tls_align}---:|---:|"
     );
     for mode in MODES {
         for tool in [
             Tool::Probe,
             Tool::NoProbe,
+            Tool::ProbeResume,
+            Tool::NoProbeResume,
             Tool::FloorAttached,
             Tool::FloorFiltered,
             Tool::Wrk,
@@ -1004,10 +1139,11 @@ fn render(
             let rss = s.iter().map(|s| s.rss_kib).max().unwrap_or(0);
             let cpu = median_of(s.iter().map(|s| s.cpu_us_per_req));
             let nginx = median_of(s.iter().filter_map(|s| s.nginx_cores));
+            let tls_cells = calibration.map_or(String::new(), |c| c.cells(tool, s));
             let _ = writeln!(
                 t,
-                "| {mode} | {} | {} {}/s | {} | {} | {} | {} | {:.1} MiB |",
-                tool.label(),
+                "| {mode} | {} | {} {}/s | {} | {} | {} |{tls_cells} {} | {:.1} MiB |",
+                tool.label_in(calibration.is_some()),
                 thousands(median(s).unwrap_or(0.0)),
                 unit(mode),
                 runs.join(" / "),
@@ -1023,39 +1159,10 @@ fn render(
     }
 
     let m = |mode: &str, tool: Tool| samples.get(&(mode, tool)).and_then(|s| median(s));
-    let mut rows: Vec<Row> = Vec::new();
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
+    let mut rows = match calibration {
+        Some(c) => c.targets(&m),
+        None => plain_targets(&m),
     };
-    rows.push((
-        "loadprobe (probe) / wrk, server-close".into(),
-        ratio(m("server-close", Tool::Probe), m("server-close", Tool::Wrk)),
-        "≥ 1.0",
-        |r| r >= 1.0,
-    ));
-    for mode in ["client-close", "server-close"] {
-        rows.push((
-            format!("loadprobe (probe) / reference loop, {mode}"),
-            ratio(m(mode, Tool::Probe), m(mode, Tool::Reference)),
-            "≥ 0.95",
-            |r| r >= 0.95,
-        ));
-    }
-    rows.push((
-        "loadprobe (probe) / wrk, keep-alive".into(),
-        ratio(m("keep-alive", Tool::Probe), m("keep-alive", Tool::Wrk)),
-        "≥ 0.9",
-        |r| r >= 0.9,
-    ));
-    for mode in MODES {
-        rows.push((
-            format!("probe on / off, {mode}"),
-            ratio(m(mode, Tool::Probe), m(mode, Tool::NoProbe)),
-            "≥ 0.97",
-            |r| r >= 0.97,
-        ));
-    }
     let mut rss_note = String::new();
     if let Some(rss) = rss {
         if let [small, large] = &rss.runs[..] {
@@ -1106,11 +1213,60 @@ fn render(
             }
         }
     }
-    for mode in ["server-close", "keep-alive"] {
-        if let Some(r) = ratio(m(mode, Tool::Probe), m(mode, Tool::Oha)) {
-            let _ = writeln!(t, "| loadprobe (probe) / oha, {mode} | {r:.3} | (none) | |");
+    if let Some(c) = calibration {
+        t.push_str(&c.note(&m));
+    } else {
+        for mode in ["server-close", "keep-alive"] {
+            if let Some(r) = ratio(m(mode, Tool::Probe), m(mode, Tool::Oha)) {
+                let _ = writeln!(t, "| loadprobe (probe) / oha, {mode} | {r:.3} | (none) | |");
+            }
         }
     }
     t.push_str(&rss_note);
     t
+}
+
+/// `a / b`, when both are known and `b` is not zero.
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// The median of one contender in one mode, if it ran.
+type Median<'a> = dyn Fn(&str, Tool) -> Option<f64> + 'a;
+
+/// The plain-HTTP bench's targets.
+fn plain_targets(m: &Median<'_>) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    rows.push((
+        "loadprobe (probe) / wrk, server-close".into(),
+        ratio(m("server-close", Tool::Probe), m("server-close", Tool::Wrk)),
+        "≥ 1.0",
+        |r| r >= 1.0,
+    ));
+    for mode in ["client-close", "server-close"] {
+        rows.push((
+            format!("loadprobe (probe) / reference loop, {mode}"),
+            ratio(m(mode, Tool::Probe), m(mode, Tool::Reference)),
+            "≥ 0.95",
+            |r| r >= 0.95,
+        ));
+    }
+    rows.push((
+        "loadprobe (probe) / wrk, keep-alive".into(),
+        ratio(m("keep-alive", Tool::Probe), m("keep-alive", Tool::Wrk)),
+        "≥ 0.9",
+        |r| r >= 0.9,
+    ));
+    for mode in MODES {
+        rows.push((
+            format!("probe on / off, {mode}"),
+            ratio(m(mode, Tool::Probe), m(mode, Tool::NoProbe)),
+            "≥ 0.97",
+            |r| r >= 0.97,
+        ));
+    }
+    rows
 }

@@ -1,4 +1,4 @@
-//! Developer tasks for loadprobe: `cargo xtask setup|test|run|lint|bench`.
+//! Developer tasks for loadprobe: `cargo xtask setup|test|run|lint|bench|install|uninstall`.
 //!
 //! `setup` provisions everything the build and the tests need (nightly rust-src, a bpf-linker
 //! linked against nightly's own libLLVM, a few Debian packages). It is idempotent and
@@ -12,13 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 mod bench;
+mod install;
+mod layers;
 
 /// The bpf-linker release line that matches aya 0.14 and nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13";
 
 /// Debian packages the tests and benchmarks use: `ip`/`ss` (namespaces), nginx (a third-party
 /// server to load), `sysctl`/`pgrep`, chromium (renders `compare --format html` headless in the
-/// tests). Each entry is satisfied by any one of its names; the first name with an installation
+/// tests), `setcap` (the doctor test gives a copy of the binary the capabilities it suggests). Each entry is satisfied by any one of its names; the first name with an installation
 /// candidate is installed. (On bookworm, `nginx` carries the binary and `nginx-light` only adds a
 /// module on top of it.)
 const APT_PACKAGES: &[&[&str]] = &[
@@ -26,6 +28,10 @@ const APT_PACKAGES: &[&[&str]] = &[
     &["nginx", "nginx-light"],
     &["procps"],
     &["chromium"],
+    &["libcap2-bin"],
+    &["tcpdump"],
+    // A real Prometheus server scrapes `trace --metrics` in the tests.
+    &["prometheus"],
 ];
 
 #[derive(Parser)]
@@ -54,6 +60,10 @@ enum Task {
     /// Provision, then loadprobe's throughput against wrk, oha and a reference epoll loop on a
     /// private one-worker nginx, plus peak RSS; prints a table of medians and ratios.
     Bench(bench::BenchArgs),
+    /// Build the release binary and install it with its man pages and shell completions.
+    Install(install::PrefixArgs),
+    /// Remove exactly what `install` put under the prefix.
+    Uninstall(install::PrefixArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,8 +88,10 @@ fn main_inner() -> Result<ExitCode> {
             setup()?;
             run(&root, &args)
         }
-        Task::Lint => lint(),
+        Task::Lint => lint(&root),
         Task::Bench(args) => bench::bench(&root, args),
+        Task::Install(args) => install::install(&root, &args).map(|()| ExitCode::SUCCESS),
+        Task::Uninstall(args) => install::uninstall(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -92,23 +104,55 @@ fn repo_root() -> PathBuf {
 }
 
 fn setup() -> Result<()> {
+    null_device_is_sane()?;
     ensure_rust_src()?;
     ensure_bpf_linker()?;
     ensure_cargo_fuzz()?;
     let root_user = is_root();
     ensure_apt_packages(root_user)?;
+    ensure_kubernetes_validate()?;
     Ok(())
+}
+
+/// cargo runs `rustc -` with its stdin from /dev/null to learn about a target; when /dev/null
+/// has been replaced by a plain file (a tool that renamed its output over it), rustc compiles
+/// whatever that file holds and the build fails with errors about "<anon>". Said plainly here.
+fn null_device_is_sane() -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::symlink_metadata("/dev/null").context("cannot inspect /dev/null")?;
+    let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+    if meta.file_type().is_char_device() && (major, minor) == (1, 3) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "/dev/null is not the null device ({:?}, {major}:{minor}); builds read it as source. \
+         Restore it as root: rm -f /dev/null && mknod -m 666 /dev/null c 1 3",
+        meta.file_type()
+    )
+}
+
+/// `kubernetes-validate` (PyPI) checks deploy/kubernetes against the Kubernetes schemas, which
+/// its package ships: the check needs no cluster and no network.
+fn ensure_kubernetes_validate() -> Result<()> {
+    if runs(Command::new("kubernetes-validate").arg("--version")) {
+        println!("setup: kubernetes-validate: present");
+        return Ok(());
+    }
+    println!("setup: kubernetes-validate: installing");
+    status(Command::new("python3").args(["-m", "pip", "install", "-q", "kubernetes-validate"]))
+}
+
+/// Whether the command starts and exits 0 (its output thrown away).
+fn runs(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// `cargo fuzz` (crates.io) runs the record reader's fuzz target in `cargo xtask test`.
 fn ensure_cargo_fuzz() -> Result<()> {
-    let present = Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if present {
+    if runs(Command::new("cargo").args(["fuzz", "--version"])) {
         println!("setup: cargo-fuzz: present");
         return Ok(());
     }
@@ -303,6 +347,8 @@ fn test(root: &Path, args: &[String]) -> Result<ExitCode> {
         .context("running cargo test")?
         .code()
         .unwrap_or(1);
+    // A test that wrote over /dev/null would break every later build on the machine.
+    null_device_is_sane().context("after the tests")?;
     if code != 0 || !whole {
         return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
     }
@@ -336,18 +382,22 @@ fn fuzz(root: &Path) -> Result<ExitCode> {
 /// Builds the release binary and replaces this process with it.
 fn run(root: &Path, args: &[String]) -> Result<ExitCode> {
     status(Command::new("cargo").args(["build", "--release", "-p", "loadprobe"]))?;
-    // Like cargo: a relative CARGO_TARGET_DIR is taken from the current directory.
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => std::env::current_dir()?.join(dir),
-        None => root.join("target"),
-    };
-    let bin = target.join("release/loadprobe");
+    let bin = target_dir(root)?.join("release/loadprobe");
     let err = Command::new(&bin).args(args).exec();
     bail!("cannot run {}: {err}", bin.display())
 }
 
+/// Cargo's target folder. Like cargo: a relative CARGO_TARGET_DIR is taken from the current
+/// directory.
+fn target_dir(root: &Path) -> Result<PathBuf> {
+    Ok(match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => std::env::current_dir()?.join(dir),
+        None => root.join("target"),
+    })
+}
+
 /// Runs every check (all of them, even after a failure) and fails if any failed.
-fn lint() -> Result<ExitCode> {
+fn lint(root: &Path) -> Result<ExitCode> {
     let checks: [&[&str]; 3] = [
         &["fmt", "--all", "--check"],
         &[
@@ -376,6 +426,10 @@ fn lint() -> Result<ExitCode> {
         ],
     ];
     let mut failed = Vec::new();
+    if let Err(e) = check_layers(root) {
+        eprintln!("lint: {e:#}");
+        failed.push("layers".to_string());
+    }
     for args in checks {
         if let Err(e) = status(Command::new("cargo").args(args)) {
             eprintln!("lint: {e:#}");
@@ -387,6 +441,22 @@ fn lint() -> Result<ExitCode> {
     }
     println!("lint: ok");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fails on an import cycle between loadprobe's top-level modules, or a use against the layer
+/// order docs/architecture.md writes down.
+fn check_layers(root: &Path) -> Result<()> {
+    let doc = std::fs::read_to_string(root.join("docs/architecture.md"))
+        .context("cannot read docs/architecture.md")?;
+    let layers = layers::Layers::parse(&doc).context("docs/architecture.md")?;
+    let problems = layers::check(&layers::graph(&root.join("loadprobe/src"))?, &layers);
+    for p in &problems {
+        eprintln!("layers: {p}");
+    }
+    if !problems.is_empty() {
+        bail!("{} layer problem(s)", problems.len());
+    }
+    Ok(())
 }
 
 fn is_root() -> bool {

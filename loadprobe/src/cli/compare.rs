@@ -4,14 +4,17 @@
 //! Exit codes: 0 when every gate passed (or none were given), 1 when a gate failed (listed on
 //! stderr), 2 for unusable input (a missing or broken record, a gate naming no metric).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use loadprobe::compare::{Comparison, Gate, Run, html, labels, markdown, read_record, text};
+use loadprobe::report::PendingOutput;
+
+use super::exit;
+use super::out::{Stdout, note};
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
@@ -55,13 +58,18 @@ fn parse_gate(s: &str) -> Result<Gate, String> {
 }
 
 pub fn main(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let output = args
+        .output
+        .as_deref()
+        .map(PendingOutput::create)
+        .transpose()?;
     let names = labels(&args.records);
     let mut runs = Vec::with_capacity(args.records.len());
     for (path, label) in args.records.iter().zip(names) {
         // The error already names the file and the problem, in one line.
         runs.push(Run::new(label, read_record(path)?));
     }
-    let comparison = Comparison::new(runs, &args.fail_if)?;
+    let comparison = Comparison::new(runs, &args.fail_if).map_err(super::flags::gate_error)?;
     let color = match args.color {
         Color::Always => true,
         Color::Never => false,
@@ -76,21 +84,26 @@ pub fn main(args: CompareArgs) -> anyhow::Result<ExitCode> {
         Format::Markdown => markdown::render(&comparison),
         Format::Html => html::render(&comparison),
     };
-    match &args.output {
-        Some(path) => std::fs::write(path, report)
-            .with_context(|| format!("cannot write the report to {}", path.display()))?,
-        None => print!("{report}"),
+    match output {
+        Some(output) => drop(output.write_bytes(report.as_bytes())?),
+        None => {
+            let mut out = Stdout::new();
+            out.write_all(report.as_bytes())?;
+            out.flush()?;
+        }
     }
     let failed: Vec<_> = comparison.gates.iter().filter(|g| g.failed).collect();
     for g in &failed {
-        eprintln!(
+        note!(
             "loadprobe: gate failed: {} ({}: {})",
-            g.gate, g.run, g.detail
+            g.gate,
+            g.run,
+            g.detail
         );
     }
     Ok(if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(exit::CHECK_FAILED)
     })
 }

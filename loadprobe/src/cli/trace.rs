@@ -4,34 +4,55 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use loadprobe::diag::{self, TwSocket};
+use loadprobe::metrics::{self, MetricsServer, PUBLISH_EVERY, Published, Snapshot};
+use loadprobe::model::Side;
+use loadprobe::privileges;
+use loadprobe::probe::read_loop::{Reader, Watch};
 use loadprobe::probe::summary::Summary;
-use loadprobe::probe::track::{ConnRecord, Side, Tracker};
-use loadprobe::probe::{Netns, Probe, ProbeOptions};
+use loadprobe::probe::track::{ConnRecord, Tracker};
+use loadprobe::probe::{LOSS_UNCERTAIN, Netns, Probe, ProbeOptions};
+use loadprobe_common::Event;
+
+use super::exit;
+use super::out::{Stdout, note};
+use super::parse;
+use super::signals::Interrupts;
 
 #[derive(Args, Debug)]
 pub struct TraceArgs {
     /// Only connections with either end on this port (repeatable).
-    #[arg(long = "port", value_name = "P")]
+    #[arg(long = "port", value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
     ports: Vec<u16>,
     /// Every network namespace, not just the one loadprobe runs in.
     #[arg(long)]
     all_netns: bool,
-    /// Stop after this many seconds (default: at Ctrl-C or SIGTERM).
-    #[arg(long, value_name = "SECS")]
-    duration: Option<f64>,
+    /// Stop after this long, e.g. 10s, 2m (default: at Ctrl-C or SIGTERM).
+    #[arg(long, value_name = "DUR", value_parser = parse::positive_duration)]
+    duration: Option<Duration>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
     /// Every second, compare the probe's TIME_WAIT gauge with the kernel's own count
     /// (sock_diag, /proc/net/sockstat) and report the difference.
     #[arg(long, conflicts_with = "all_netns")]
     verify: bool,
+    /// Serve the running totals as OpenMetrics text on http://ADDR/metrics
+    /// (e.g. 127.0.0.1:9464, or [::]:9464 for every address).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// The user to run as once the probe is attached, with no capability left
+    /// (default: nobody; taken only when started as root).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Describe rare anomalies inside the probe's kernel programs on stderr (a failed kernel
+    /// read: which program, which field); they are counted either way.
+    #[arg(long)]
+    probe_log: bool,
     /// Print every raw kernel event to stderr (for debugging the probe).
     #[arg(long, hide = true)]
     debug_events: bool,
@@ -53,91 +74,103 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
             Netns::Current
         },
         ports: args.ports.clone(),
+        owner: None,
         timewait: true,
         records: true,
         floor: None,
+        log: args.probe_log,
     };
-    let mut probe = Probe::attach(&options)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("installing signal handler")?;
-    }
+    // Bad input fails here, before the probe loads.
+    let user = privileges::target(args.user.as_deref()).map_err(super::flags::user_error)?;
+    let metrics_server = args
+        .metrics
+        .map(|addr| MetricsServer::bind(addr).with_context(|| format!("--metrics {addr}")))
+        .transpose()?;
+    let probe = Probe::attach(&options)?;
+    let interrupts = Interrupts::catch()?;
     if let Some(reason) = probe.timewait_unavailable() {
-        eprintln!("loadprobe: TIME_WAIT tracking unavailable ({reason}); closers only");
+        note!("loadprobe: TIME_WAIT tracking unavailable ({reason}); closers only");
     }
-    let mut tracker = Tracker::new(probe.timewait_unavailable().is_none());
-    let mut verify = match (args.verify, probe.timewait_unavailable()) {
+    let tracker = Tracker::new(probe.timewait_unavailable().is_none());
+    let mut reader = Reader::new(probe, tracker);
+    let dropped = privileges::drop_all(user.as_ref())?;
+    let published = match metrics_server {
+        Some(server) => {
+            let published = Arc::new(Published::default());
+            let addr = server.local_addr().context("metrics address")?;
+            server.start(metrics::registry(Arc::clone(&published)))?;
+            note!("loadprobe: metrics on http://{addr}/metrics");
+            Some(published)
+        }
+        None => None,
+    };
+    let verify = match (args.verify, reader.probe().timewait_unavailable()) {
         (false, _) => None,
         (true, Some(reason)) => {
             anyhow::bail!("--verify needs TIME_WAIT tracking, which is unavailable: {reason}")
         }
         (true, None) => {
             // What existed before the probe: the kernel's list, read once the probe is attached.
-            probe.poll(Duration::ZERO, |e| tracker.event(e));
+            reader.catch_up();
             let before = kernel_timewait(&args.ports)?;
-            tracker.set_baseline(before.into_iter().map(|tw| (tw.local, tw.remote)));
+            // The kernel lists the sockets of this thread's namespace.
+            let netns = loadprobe::probe::current_netns()?;
+            reader
+                .tracker_mut()
+                .set_baseline(netns, before.into_iter().map(|tw| (tw.local, tw.remote)));
             Some(Verify::default())
         }
     };
     let scope = if args.all_netns {
         "all network namespaces".to_string()
     } else {
-        format!("network namespace {}", probe.netns())
+        format!("network namespace {}", reader.probe().netns())
     };
     let ports = if args.ports.is_empty() {
         String::new()
     } else {
         format!(", ports {:?}", args.ports)
     };
-    eprintln!("loadprobe: tracing TCP connections in {scope}{ports}; Ctrl-C to stop");
-
-    let deadline = args
-        .duration
-        .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
-    let live = args.format == Format::Text && std::io::stderr().is_terminal();
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut last_second = Instant::now();
-    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-        let upto = probe.poll(Probe::DRAIN_EVERY, |e| {
-            if args.debug_events {
-                eprintln!("{e:?}");
-            }
-            tracker.event(e)
-        });
-        tracker.tick(upto);
-        emit(&mut out, args.format, tracker.drain())?;
-        if last_second.elapsed() < Duration::from_secs(1) {
-            continue;
-        }
-        last_second = Instant::now();
-        if let Some(verify) = &mut verify {
-            // Take in what the kernel did up to now, then ask it for its count.
-            let upto = probe.poll(Duration::ZERO, |e| tracker.event(e));
-            tracker.tick(upto);
-            let sample = verify.sample(tracker.timewait_gauge(), kernel_count(&args.ports)?);
-            match args.format {
-                Format::Jsonl => writeln!(out, "{}", serde_json::json!({ "verify": sample }))?,
-                Format::Text => eprintln!("{}", sample.line()),
-            }
-            out.flush()?;
-        } else if live {
-            eprint!("\r{}", live_line(&tracker, probe.lost_events()));
-        }
-    }
-    // Events already in the ring buffer belong to this trace.
-    let upto = probe.poll(Duration::ZERO, |e| tracker.event(e));
-    tracker.flush(upto);
-    emit(&mut out, args.format, tracker.drain())?;
-    if live && verify.is_none() {
-        eprintln!();
-    }
-    let mut summary = Summary::new(
-        tracker.totals(),
-        probe.lost_events(),
-        probe.timewait_unavailable(),
+    let running_as = match (&user, dropped.switched) {
+        (Some(user), true) => format!("user {}", user.name),
+        _ => format!("uid {}", dropped.uid),
+    };
+    let caps = if dropped.bounding_dropped {
+        "no capabilities"
+    } else {
+        "no capabilities (bounding set not emptied: no CAP_SETPCAP)"
+    };
+    note!(
+        "loadprobe: tracing TCP connections in {scope}{ports} as {running_as}, {caps}; Ctrl-C to stop"
     );
-    summary.skipped_events = probe.skipped_events();
+
+    let mut watch = TraceWatch {
+        args: &args,
+        interrupts,
+        deadline: args.duration.map(|d| Instant::now() + d),
+        live: args.format == Format::Text && std::io::stderr().is_terminal(),
+        out: std::io::BufWriter::new(Stdout::new()),
+        written: 0,
+        published,
+        last_publish: Instant::now(),
+        last_second: Instant::now(),
+        verify,
+    };
+    watch.publish(&reader);
+    reader.run(&mut watch)?;
+    watch.publish(&reader);
+    let TraceWatch {
+        mut out,
+        live,
+        verify,
+        deadline,
+        mut interrupts,
+        ..
+    } = watch;
+    if live && verify.is_none() {
+        note!();
+    }
+    let summary = reader.summary(None);
     let verify = verify.map(Verify::result);
     match args.format {
         Format::Jsonl => {
@@ -159,22 +192,108 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         }
     }
     out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    // Stopped by a signal is how a trace without --duration ends; with one, it was cut short.
+    Ok(if deadline.is_some() && interrupts.arrived() {
+        ExitCode::from(exit::INTERRUPTED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-fn emit(
-    out: &mut impl Write,
-    format: Format,
-    records: impl Iterator<Item = ConnRecord>,
-) -> anyhow::Result<()> {
-    for record in records {
-        match format {
-            Format::Jsonl => writeln!(out, "{}", serde_json::to_string(&record)?)?,
+/// What `trace` does as the probe is read: records to stdout, metrics, the live line or the
+/// `--verify` samples, and when to stop.
+struct TraceWatch<'a> {
+    args: &'a TraceArgs,
+    interrupts: Interrupts,
+    deadline: Option<Instant>,
+    /// The one-line live view on a terminal (text format only).
+    live: bool,
+    out: std::io::BufWriter<Stdout>,
+    /// Records written since the last flush.
+    written: usize,
+    published: Option<Arc<Published>>,
+    last_publish: Instant,
+    last_second: Instant,
+    verify: Option<Verify>,
+}
+
+impl TraceWatch<'_> {
+    fn publish(&self, reader: &Reader) {
+        if let Some(published) = &self.published {
+            let probe = reader.probe();
+            published.set(Snapshot::of(
+                reader.tracker(),
+                probe.lost_events(),
+                probe.skipped_events(),
+                probe.timewait_unavailable().is_none(),
+            ));
+        }
+    }
+}
+
+impl Watch for TraceWatch<'_> {
+    type Error = anyhow::Error;
+
+    fn event(&mut self, tracker: &mut Tracker, e: &Event) {
+        if self.args.debug_events {
+            note!("{e:?}");
+        }
+        tracker.event(e);
+    }
+
+    fn record(&mut self, record: ConnRecord) -> anyhow::Result<()> {
+        match self.args.format {
+            Format::Jsonl => {
+                writeln!(self.out, "{}", serde_json::to_string(&record)?)?;
+                self.written += 1;
+            }
             // The text view is the summary; per-connection lines would flood a terminal.
             Format::Text => {}
         }
+        Ok(())
     }
-    Ok(())
+
+    fn step(&mut self, reader: &mut Reader) -> anyhow::Result<bool> {
+        if self.written > 0 {
+            // Readers get records as they come, and a closed pipe shows at once.
+            self.out.flush()?;
+            self.written = 0;
+        }
+        if self.last_publish.elapsed() >= PUBLISH_EVERY {
+            self.publish(reader);
+            self.last_publish = Instant::now();
+        }
+        if self.last_second.elapsed() >= Duration::from_secs(1) {
+            self.last_second = Instant::now();
+            if let Some(verify) = &mut self.verify {
+                // Take in what the kernel did up to now, then ask it for its count.
+                reader.catch_up();
+                let kernel = kernel_count(&self.args.ports)?;
+                let sample = verify.sample(reader.tracker().timewait_gauge(), kernel);
+                match self.args.format {
+                    Format::Jsonl => {
+                        writeln!(self.out, "{}", serde_json::json!({ "verify": sample }))?
+                    }
+                    Format::Text => note!("{}", sample.line()),
+                }
+                self.out.flush()?;
+            } else if self.live {
+                let _ = write!(
+                    std::io::stderr(),
+                    "\r{}",
+                    live_line(reader.tracker(), reader.probe().lost_events())
+                );
+            }
+        }
+        // A closed stdout ends a trace that writes there: nobody would see the records.
+        Ok(!self.interrupts.arrived()
+            && self.deadline.is_none_or(|d| Instant::now() < d)
+            && !(self.args.format == Format::Jsonl && self.out.get_ref().is_closed()))
+    }
+
+    fn lost(&mut self, warning: &str) {
+        note!("{}loadprobe: {warning}", if self.live { "\n" } else { "" });
+    }
 }
 
 fn live_line(tracker: &Tracker, lost: u64) -> String {
@@ -201,6 +320,7 @@ fn write_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
             ("peak", c.peak, v.peak),
             ("expired", c.expired, v.expired),
             ("reused", c.reused, v.reused),
+            ("reused old", c.reused_older, v.reused_older),
             ("killed", c.killed, v.killed),
             ("overflow", c.overflow, v.overflow),
             ("open", c.open, v.open),
@@ -209,6 +329,20 @@ fn write_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
             ("max ms", c.duration_ms.max, v.duration_ms.max),
         ] {
             writeln!(out, "  {name:<10} {a:>8} {b:>10}")?;
+        }
+        let (c, v) = (&s.time_wait.fin_wait2.client, &s.time_wait.fin_wait2.server);
+        if c.entered + v.entered > 0 {
+            writeln!(out, "FIN_WAIT2      client     server")?;
+            for (name, a, b) in [
+                ("entered", c.entered, v.entered),
+                ("peak", c.peak, v.peak),
+                ("expired", c.expired, v.expired),
+                ("killed", c.killed, v.killed),
+                ("to TW", c.to_time_wait, v.to_time_wait),
+                ("open", c.open, v.open),
+            ] {
+                writeln!(out, "  {name:<10} {a:>8} {b:>10}")?;
+            }
         }
         if s.time_wait.unmatched > 0 {
             writeln!(
@@ -220,11 +354,20 @@ fn write_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
     } else {
         writeln!(out, "TIME_WAIT: unavailable")?;
     }
-    writeln!(out, "lost events: {}", s.lost_events)?;
+    if s.lost_events > 0 {
+        writeln!(out, "lost events: {} ({LOSS_UNCERTAIN})", s.lost_events)?;
+    } else {
+        writeln!(out, "lost events: 0")?;
+    }
     writeln!(
         out,
         "skipped events: {} (tracepoint hits that interrupted the probe's programs and were lost)",
         s.skipped_events
+    )?;
+    writeln!(
+        out,
+        "read errors: {} (failed kernel reads, each dropping its event)",
+        s.read_errors
     )
 }
 

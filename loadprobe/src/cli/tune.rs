@@ -10,12 +10,17 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-use loadprobe::driver::{DriverConfig, Mode, Stop, Target, Workload, limits};
+use loadprobe::driver::{self, DriverConfig, Stop, Target, limits};
+use loadprobe::model::{Mode, Workload};
+
 use loadprobe::tune::validate::{self, Plan, Setting, ValidateError};
 use loadprobe::tune::verdict::Verdict;
-use loadprobe::tune::{check, text};
+use loadprobe::tune::{check, predict, text};
 
-use super::run::parse_duration;
+use super::exit;
+use super::out::{Stdout, note};
+use super::parse;
+use super::signals::Interrupts;
 
 #[derive(Args, Debug)]
 pub struct TuneArgs {
@@ -48,16 +53,16 @@ struct ValidateArgs {
     #[arg(long = "base", value_name = "KEY=VALUE")]
     base: Vec<String>,
     /// How connections end, as in `loadprobe run --mode`.
-    #[arg(long, value_enum, default_value_t = ModeArg::ClientClose)]
-    mode: ModeArg,
+    #[arg(long, value_enum, default_value_t = Mode::ClientClose)]
+    mode: Mode,
     /// Open model: start this many requests per second.
-    #[arg(long, value_name = "R", value_parser = parse_rate, conflicts_with = "users")]
+    #[arg(long, value_name = "R", value_parser = parse::rate, conflicts_with = "users")]
     rate: Option<f64>,
     /// Closed model: this many concurrent users [default: 64 without --rate].
     #[arg(long, value_name = "N")]
     users: Option<u32>,
     /// How long each run measures, e.g. 5s, 1m.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_name = "DUR", value_parser = parse::positive_duration, default_value = "10s")]
     duration: Duration,
     /// Baseline/tuned pairs to run, alternating, each in fresh namespaces.
     #[arg(long, value_name = "N", default_value_t = 1,
@@ -83,10 +88,10 @@ struct ValidateArgs {
 struct CheckArgs {
     /// How connections end, as in `loadprobe run --mode` (needs --rate).
     #[arg(long, value_enum, requires = "rate")]
-    mode: Option<ModeArg>,
+    mode: Option<Mode>,
     /// Requests per second, as in `loadprobe run --rate`; each is a new connection except in
     /// keep-alive mode (needs --mode).
-    #[arg(long, value_name = "R", requires = "mode", value_parser = parse_rate)]
+    #[arg(long, value_name = "R", requires = "mode", value_parser = parse::rate)]
     rate: Option<f64>,
     /// Where the load would go (http://HOST[:PORT]/): tcp_tw_reuse=2 helps only for loopback.
     #[arg(long, value_name = "URL")]
@@ -96,41 +101,11 @@ struct CheckArgs {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum ModeArg {
-    /// The client closes first: TIME_WAIT on the client.
-    ClientClose,
-    /// The server closes first: TIME_WAIT on the server.
-    ServerClose,
-    /// Connections are reused: next to no TIME_WAIT.
-    KeepAlive,
-    /// SO_LINGER 0 abort: no TIME_WAIT anywhere.
-    Reset,
-}
-
-impl From<ModeArg> for Mode {
-    fn from(m: ModeArg) -> Mode {
-        match m {
-            ModeArg::ClientClose => Mode::ClientClose,
-            ModeArg::ServerClose => Mode::ServerClose,
-            ModeArg::KeepAlive => Mode::KeepAlive,
-            ModeArg::Reset => Mode::Reset,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Format {
     /// Sections for reading, at most 100 columns wide.
     Text,
     /// One stable JSON object.
     Json,
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
-        _ => Err(format!("{s:?} is not a positive rate")),
-    }
 }
 
 pub fn main(args: TuneArgs) -> anyhow::Result<ExitCode> {
@@ -154,13 +129,22 @@ fn validate_main(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         repeat: args.repeat,
         prefix: args.netns_prefix.clone(),
     };
+    // Checked here too (validate checks them again), so that errors name the flags.
+    validate::settings::check_all("--base", &plan.base)?;
+    validate::settings::check_all("--set", &plan.set)?;
+    // Before any namespace or load: a folder that cannot take the results must not cost a run.
+    let outputs = args
+        .output_dir
+        .as_deref()
+        .map(|dir| validate::Outputs::create(dir, args.repeat).context("--output-dir"))
+        .transpose()?;
     let stop = Stop::default();
     watch_signals(stop.clone())?;
-    let outcome = validate::validate(&plan, &stop, &|line| eprintln!("loadprobe: {line}"));
+    let outcome = validate::validate(&plan, &stop, &|line| note!("loadprobe: {line}"));
     let mut outcome = match outcome {
         Err(ValidateError::Interrupted) => {
-            eprintln!("loadprobe: {}", ValidateError::Interrupted);
-            return Ok(ExitCode::from(130));
+            note!("loadprobe: {}", ValidateError::Interrupted);
+            return Ok(ExitCode::from(exit::INTERRUPTED));
         }
         other => other?,
     };
@@ -179,14 +163,14 @@ fn validate_main(args: ValidateArgs) -> anyhow::Result<ExitCode> {
                 "not applied: --apply needs the verdict improved, this one is {}",
                 outcome.verdict.as_str()
             ));
-            code = ExitCode::FAILURE;
+            code = ExitCode::from(exit::CHECK_FAILED);
         }
     }
-    let written = match &args.output_dir {
-        Some(dir) => validate::write_outputs(dir, &outcome)?,
+    let written = match outputs {
+        Some(outputs) => outputs.write(&outcome)?,
         None => Vec::new(),
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = Stdout::new();
     match args.format {
         Format::Text => {
             out.write_all(validate::text::render(&outcome).as_bytes())?;
@@ -200,10 +184,11 @@ fn validate_main(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         Format::Json => {
             writeln!(out, "{}", serde_json::to_string_pretty(&outcome)?)?;
             for note in notes {
-                eprintln!("loadprobe: {note}");
+                note!("loadprobe: {note}");
             }
         }
     }
+    out.flush()?;
     Ok(code)
 }
 
@@ -229,48 +214,37 @@ fn workload(args: &ValidateArgs) -> anyhow::Result<DriverConfig> {
     };
     // The target is a placeholder: each topology has its own server address.
     let placeholder = Target::from_addr(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let mut config = DriverConfig::new(placeholder, args.mode.into(), workload);
+    let mut config = DriverConfig::new(placeholder, args.mode, workload);
     config.duration = Some(args.duration);
+    driver::validate(&config).map_err(super::flags::driver_error)?;
     Ok(config)
 }
 
 /// SIGINT/SIGTERM stop the validation: the run in progress winds down and the namespaces are
 /// removed before exiting (the default action would kill the process and leave them behind).
 fn watch_signals(stop: Stop) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("cannot handle signals")?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                eprintln!("loadprobe: stopping; removing the network namespaces");
-                stop.stop();
-            }
-        })
-        .context("cannot start the signal thread")?;
-    Ok(())
+    Interrupts::catch()?.on_each(move |_| {
+        note!("loadprobe: stopping; removing the network namespaces");
+        stop.stop();
+    })
 }
 
 fn check_main(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let target = match &args.target {
-        Some(url) => Some(Target::parse(url)?.addr.ip()),
+        Some(url) => Some(super::flags::target(url)?.addr.ip()),
         None => None,
     };
     let workload = match (args.mode, args.rate) {
-        (Some(mode), Some(rate)) => Some(check::Workload {
-            mode: mode.into(),
-            rate,
-            target,
-        }),
+        (Some(mode), Some(rate)) => Some(predict::Workload { mode, rate, target }),
         _ => None,
     };
     let input = check::Input::read()?;
     let report = check::analyse(&input, workload.as_ref());
-    let mut out = std::io::stdout().lock();
+    let mut out = Stdout::new();
     match args.format {
         Format::Text => out.write_all(text::render(&report).as_bytes())?,
         Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -16,8 +16,11 @@ use std::str::FromStr;
 
 use serde_json::Value;
 
-use super::format::{number, percent};
-use super::metrics::{Lookup, lookup, share_of, share_total};
+use super::metrics::{
+    BY_REQUEST, Lookup, error_class, lookup, share_of, share_total, split_request,
+};
+use crate::driver::errors::ErrorClass;
+use crate::format::{number, percent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -79,13 +82,23 @@ pub struct Gate {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GateError {
-    #[error("--fail-if {expr:?}: {reason}")]
+    // Each says what is wrong with the gate it holds; the caller names the gate (and its flag).
+    #[error("{reason}")]
     Syntax { expr: String, reason: String },
-    #[error(
-        "--fail-if {gate}: {path:?} is not a number in the records (see docs/run-record.md for \
-         the paths)"
-    )]
+    #[error("{path:?} is not a number in the records (see docs/run-record.md for the paths)")]
     UnknownPath { gate: String, path: String },
+    #[error("no request is named {name:?} in the records; their requests are {known}")]
+    UnknownRequest {
+        gate: String,
+        name: String,
+        known: String,
+    },
+    #[error("{class:?} is not an error class; the classes are {known}")]
+    UnknownErrorClass {
+        gate: String,
+        class: String,
+        known: String,
+    },
 }
 
 impl fmt::Display for Gate {
@@ -132,8 +145,8 @@ impl FromStr for Gate {
                 if share_of(path).is_none() {
                     return Err(syntax(
                         "an unsigned N% is a share of a total, which only connections.closer.* \
-                         and requests.ok/requests.errors have; write +N% or -N% for a change \
-                         from the base",
+                         and requests.ok/requests.errors (also a request's, by_request.NAME.) \
+                         have; write +N% or -N% for a change from the base",
                     ));
                 }
                 Threshold::Share(number(p)?)
@@ -167,6 +180,46 @@ pub struct Evaluation {
 impl Gate {
     /// Checks the gate on `other` against `base` (both records as JSON).
     pub fn evaluate(&self, base: &Value, other: &Value) -> Result<Evaluation, GateError> {
+        // An absent class counts 0, so a misspelt one would be a gate that never fires. A class
+        // that some record has is fine even if this build does not know it.
+        if let Some((name, _)) = split_request(&self.path) {
+            let has = |r: &Value| r.get(BY_REQUEST).is_some_and(|b| b.get(name).is_some());
+            if !has(base) && !has(other) {
+                let names = |r: &Value| {
+                    r.get(BY_REQUEST)
+                        .and_then(Value::as_object)
+                        .map(|m| m.keys().cloned().collect::<Vec<_>>())
+                        .unwrap_or_default()
+                };
+                let mut known = names(base);
+                known.extend(names(other));
+                known.sort();
+                known.dedup();
+                return Err(GateError::UnknownRequest {
+                    gate: self.to_string(),
+                    name: name.to_string(),
+                    known: if known.is_empty() {
+                        "none (the records are not of scenarios)".to_string()
+                    } else {
+                        known.join(", ")
+                    },
+                });
+            }
+        }
+        if let Some(class) = error_class(&self.path) {
+            let errors = match split_request(&self.path) {
+                Some((name, _)) => format!("/{BY_REQUEST}/{name}/requests/errors"),
+                None => "/requests/errors".to_string(),
+            };
+            let seen = |r: &Value| r.pointer(&errors).is_some_and(|e| e.get(class).is_some());
+            if !ErrorClass::is_known_name(class) && !seen(base) && !seen(other) {
+                return Err(GateError::UnknownErrorClass {
+                    gate: self.to_string(),
+                    class: class.to_string(),
+                    known: ErrorClass::known_names().join(", "),
+                });
+            }
+        }
         let (b, o) = (lookup(base, &self.path), lookup(other, &self.path));
         if b == Lookup::NotAMetric && o == Lookup::NotAMetric {
             return Err(GateError::UnknownPath {
@@ -200,7 +253,7 @@ impl Gate {
                 )
             }
             Threshold::Share(_) => {
-                let total = share_of(&self.path).and_then(|t| share_total(other, t));
+                let total = share_of(&self.path).and_then(|t| share_total(other, &t));
                 match total {
                     Some(t) if t > 0.0 => {
                         let share = o / t * 100.0;
@@ -227,8 +280,9 @@ impl Gate {
 mod tests {
     use super::*;
     use crate::compare::metrics::record_json;
-    use crate::compare::sample::record;
-    use crate::driver::Mode;
+    use crate::report::sample::record;
+
+    use crate::model::Mode;
 
     fn gate(s: &str) -> Gate {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
@@ -328,6 +382,21 @@ mod tests {
             .evaluate(&b, &o)
             .unwrap();
         assert!(e.failed && e.detail.contains("not known"), "{e:?}");
+        let err = gate("requests.errors.EADDRNOTAVIAL > 0")
+            .evaluate(&b, &o)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"EADDRNOTAVIAL\" is not an error class")
+                && err.contains("EADDRNOTAVAIL, "),
+            "{err}"
+        );
+        assert!(
+            !gate("requests.errors.timeout > 0")
+                .evaluate(&b, &o)
+                .unwrap()
+                .failed
+        );
         let err = gate("throughput.rsp < -5%").evaluate(&b, &o).unwrap_err();
         assert!(
             err.to_string()

@@ -3,10 +3,10 @@
 //! TIME_WAIT sits is what changing the close mode is usually about.
 
 use super::Run;
-use super::format::{number, percent};
 use super::metrics::lookup;
 use super::noise::{Noise, assess};
-use crate::probe::track::Closer;
+use crate::format::{number, percent, tenths};
+use crate::model::{Closer, Side};
 
 /// The headline: an optional one-sentence verdict and labelled lines.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,12 +30,22 @@ pub fn describe(run: &Run) -> String {
         n => format!("{n} repetitions"),
     };
     let mut parts = vec![
-        c.mode.clone(),
+        c.mode.to_string(),
         target(run),
         load,
         format!("{:.1} s", r.duration_s),
         reps,
     ];
+    if let Some(s) = &c.scenario {
+        parts.insert(
+            1,
+            format!(
+                "scenario of {} requests (seed {})",
+                s.requests.len(),
+                s.seed
+            ),
+        );
+    }
     if !r.merged_from.is_empty() && r.repetitions.is_none() {
         parts.push(format!("merged from {} records", r.merged_from.len()));
     }
@@ -76,7 +86,7 @@ pub fn differences(runs: &[Run]) -> Vec<String> {
             out.push(format!("Runs differ in {what}: {}.", list.join(", ")));
         }
     };
-    check("mode", &|r| r.record.config.mode.clone());
+    check("mode", &|r| r.record.config.mode.to_string());
     check("target", &target);
     check("load", &|r| {
         let c = &r.record.config;
@@ -131,23 +141,23 @@ pub fn differences(runs: &[Run]) -> Vec<String> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Holder {
-    Client,
-    Server,
+    One(Side),
     Neither,
 }
 
 /// Which side holds the run's TIME_WAIT (most sockets entered; peak if entered is unknown).
 fn holder(run: &Run) -> Option<Holder> {
-    let figure = |side: &str| {
+    let figure = |side: Side| {
+        let side = side.name();
         lookup(&run.json, &format!("time_wait.{side}.entered"))
             .number()
             .or_else(|| lookup(&run.json, &format!("time_wait.{side}.peak")).number())
     };
-    let (c, s) = (figure("client")?, figure("server")?);
+    let (c, s) = (figure(Side::Client)?, figure(Side::Server)?);
     Some(if c > s {
-        Holder::Client
+        Holder::One(Side::Client)
     } else if s > c {
-        Holder::Server
+        Holder::One(Side::Server)
     } else if c == 0.0 {
         Holder::Neither
     } else {
@@ -158,16 +168,15 @@ fn holder(run: &Run) -> Option<Holder> {
 
 fn verdict(base: Option<Holder>, other: Option<Holder>) -> Option<String> {
     use Holder::*;
-    let name = |h| if h == Client { "client" } else { "server" };
     Some(match (base?, other?) {
         (Neither, Neither) => "No TIME_WAIT on either side".into(),
-        (a, b) if a == b => format!("TIME_WAIT stays on the {} side", name(a)),
-        (Neither, b) => format!("TIME_WAIT appears on the {} side", name(b)),
-        (a, Neither) => format!(
+        (One(a), One(b)) if a == b => format!("TIME_WAIT stays on the {} side", a.name()),
+        (Neither, One(b)) => format!("TIME_WAIT appears on the {} side", b.name()),
+        (One(a), Neither) => format!(
             "TIME_WAIT on the {} side is gone: none on either side",
-            name(a)
+            a.name()
         ),
-        (a, b) => format!("TIME_WAIT moved from the {} to the {}", name(a), name(b)),
+        (One(a), One(b)) => format!("TIME_WAIT moved from the {} to the {}", a.name(), b.name()),
     })
 }
 
@@ -292,4 +301,57 @@ fn noise_note(runs: &[Run]) -> String {
             counts.join(", ")
         )
     }
+}
+
+/// The sentence `report` puts on top of one run: where its TIME_WAIT sits, how high it got,
+/// how soon connect() took the sockets over, and what that means for the client's ports.
+/// E.g. "TIME_WAIT on the client, 14,210 at peak, reused after ~1 s: no exhaustion thanks to
+/// tcp_tw_reuse=2".
+pub fn run_verdict(run: &Run) -> String {
+    let r = &run.record;
+    let (name, side) = match holder(run) {
+        Some(Holder::One(s)) => (s.name(), r.time_wait.side(s)),
+        Some(Holder::Neither) => return "No TIME_WAIT on either side".into(),
+        None if r.time_wait.source == "none" => {
+            return "TIME_WAIT not measured (neither the probe nor sampling ran)".into();
+        }
+        None => return "TIME_WAIT on both sides alike".into(),
+    };
+    let mut s = format!("TIME_WAIT on the {name}");
+    if let Some(peak) = side.peak {
+        s.push_str(&format!(", {} at peak", number(peak as f64)));
+    }
+    if let (Some(reused), Some(p50)) = (side.reused, side.duration_ms.p50)
+        && reused > 0
+    {
+        s.push_str(&format!(", reused after ~{} s", tenths(p50 as f64 / 1e3)));
+    }
+    let b = &r.port_budget;
+    let reuse = r
+        .kernel
+        .sysctls
+        .get("net.ipv4.tcp_tw_reuse")
+        .map_or("?", |v| v.trim());
+    let ports = match b.exhaustion_after_s {
+        _ if b.eaddrnotavail > 0 => Some(format!(
+            "ports exhausted, {} connects failed with EADDRNOTAVAIL",
+            number(b.eaddrnotavail as f64)
+        )),
+        Some(_) if b.tw_reuse_applies => {
+            Some(format!("no exhaustion thanks to tcp_tw_reuse={reuse}"))
+        }
+        Some(t) => Some(format!("ports run out after ~{t:.1} s at this rate")),
+        None if name == "client" => b.headroom.filter(|h| *h > 0.0).map(|h| {
+            format!(
+                "{}% of the ports towards the target held",
+                number((100.0 / h).round())
+            )
+        }),
+        None => None,
+    };
+    if let Some(p) = ports {
+        s.push_str(": ");
+        s.push_str(&p);
+    }
+    s
 }

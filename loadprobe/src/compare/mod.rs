@@ -6,8 +6,6 @@
 //! ([`gate`]); [`noise`] judges changes from repetitions; [`Comparison`] holds everything a
 //! report shows, and the renderers ([`text`], [`markdown`], [`html`]) only lay it out.
 
-pub mod charts;
-pub mod format;
 pub mod gate;
 pub mod headline;
 pub mod html;
@@ -18,8 +16,6 @@ mod read;
 pub mod rows;
 pub mod text;
 
-#[cfg(test)]
-pub(crate) mod sample;
 #[cfg(test)]
 mod tests;
 

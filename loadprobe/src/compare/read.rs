@@ -16,7 +16,7 @@ const KNOWN_VERSION: u32 = 1;
 pub enum RecordError {
     #[error("{file}: no such file")]
     Missing { file: String },
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read")]
     Io {
         file: String,
         source: std::io::Error,
@@ -152,14 +152,22 @@ fn check_histograms(file: &str, r: &RunRecord) -> Result<(), RecordError> {
             reason: e.to_string(),
         })?;
     }
+    if let Some(encoded) = &h.tls_handshake {
+        decode_histogram(encoded).map_err(|e| RecordError::Histogram {
+            file: file.to_string(),
+            name: "tls_handshake",
+            reason: e.to_string(),
+        })?;
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::sample::record;
-    use crate::driver::Mode;
+    use crate::report::sample::record;
+
+    use crate::model::Mode;
 
     fn good() -> String {
         serde_json::to_string_pretty(&record(Mode::ClientClose, &[100, 200, 300], 0, 1)).unwrap()

@@ -4,10 +4,10 @@
 use std::collections::BTreeSet;
 
 use super::Run;
-use super::format::{change, number};
 use super::metrics::lookup;
 use super::noise::{Noise, assess};
-use crate::probe::track::Closer;
+use crate::format::{change, number};
+use crate::model::{Closer, Side};
 
 /// Which way is better for a metric, to colour its changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +72,10 @@ const RARE: &[&str] = &[
     "connections.closer.refused",
     "connections.closer.unknown",
     "connections.server_fin_missing",
+    "requests.dropped",
+    "requests.unfinished",
+    "requests.stale_connection",
+    "requests.retried",
     "expired",
     "reused",
     "killed",
@@ -105,20 +109,31 @@ pub fn sections(runs: &[Run]) -> Vec<Section> {
     for class in classes {
         requests.push(n(&format!("requests.errors.{class}"), Better::Lower));
     }
+    for key in ["dropped", "unfinished", "stale_connection", "retried"] {
+        requests.push(n(&format!("requests.{key}"), Better::Lower));
+    }
     out.push(Section {
         title: "Requests".into(),
         rows: requests,
     });
 
     let open_model = runs.iter().any(|r| r.record.config.model == "open");
+    let tls = runs
+        .iter()
+        .any(|r| r.record.latency_us.tls_handshake.is_some());
     for (key, title) in [
         ("total", "Latency, total (µs)"),
         ("total_uncorrected", "Latency, total uncorrected (µs)"),
         ("connect", "Latency, connect (µs)"),
         ("first_byte", "Latency, first byte (µs)"),
+        ("tls_handshake", "Latency, TLS handshake (µs)"),
     ] {
         if key == "total_uncorrected" && !open_model {
             // Equal to `total` in the closed model: nothing to add.
+            continue;
+        }
+        if key == "tls_handshake" && !tls {
+            // Plain HTTP runs only: no handshake to show.
             continue;
         }
         out.push(Section {
@@ -127,6 +142,46 @@ pub fn sections(runs: &[Run]) -> Vec<Section> {
                 .iter()
                 .map(|p| n(&format!("latency_us.{key}.{p}"), Better::Lower))
                 .collect(),
+        });
+    }
+
+    if tls {
+        out.push(Section {
+            title: "TLS handshakes".into(),
+            rows: vec![
+                n("tls.full_handshakes", Better::Neither),
+                n("tls.resumed_handshakes", Better::Neither),
+            ],
+        });
+    }
+    // A scenario's requests, each in a section of its own, by name.
+    let names: BTreeSet<&String> = runs
+        .iter()
+        .flat_map(|r| r.record.by_request.keys())
+        .collect();
+    for name in names {
+        let p = |key: &str| format!("by_request.{name}.{key}");
+        let mut rows = vec![
+            n(&p("requests.total"), Better::Neither),
+            n(&p("requests.ok"), Better::Higher),
+            n(&p("requests.errors"), Better::Lower),
+        ];
+        let classes: BTreeSet<&String> = runs
+            .iter()
+            .filter_map(|r| r.record.by_request.get(name))
+            .flat_map(|f| f.requests.errors.keys())
+            .collect();
+        for class in classes {
+            rows.push(n(&p(&format!("requests.errors.{class}")), Better::Lower));
+        }
+        rows.push(n(&p("requests.unfinished"), Better::Lower));
+        for q in ["p50", "p90", "p99", "p999", "max", "mean"] {
+            rows.push(n(&p(&format!("latency_us.total.{q}")), Better::Lower));
+        }
+        rows.push(n(&p("connections_opened"), Better::Neither));
+        out.push(Section {
+            title: format!("Request {name} (latency total, µs)"),
+            rows,
         });
     }
 
@@ -141,9 +196,9 @@ pub fn sections(runs: &[Run]) -> Vec<Section> {
         rows: connections,
     });
 
-    for side in ["client", "server"] {
+    for side in Side::ALL {
         let mut rows = Vec::new();
-        if side == "client" {
+        if side == Side::Client {
             rows.push(text_row(runs, "time_wait.source", |r| {
                 r.record.time_wait.source.clone()
             }));
@@ -197,6 +252,7 @@ pub fn sections(runs: &[Run]) -> Vec<Section> {
             }),
             n("probe.lost_events", Better::Lower),
             n("probe.skipped_events", Better::Lower),
+            n("probe.read_errors", Better::Lower),
         ],
     });
 

@@ -1,9 +1,10 @@
 //! The comparison as a whole, on records made in memory: the headline, noise, and each format's
 //! promises (width, self-contained HTML).
 
-use super::sample::record;
 use super::*;
-use crate::driver::Mode;
+use crate::model::Mode;
+use crate::report::sample::record;
+
 use crate::report::merge::merge;
 
 fn pair() -> Comparison {
@@ -168,4 +169,162 @@ fn labels_are_file_names_unless_they_clash() {
     assert_eq!(l, vec!["a.json", "b.json"]);
     let l = labels(&[PathBuf::from("x/a.json"), PathBuf::from("y/a.json")]);
     assert_eq!(l, vec!["x/a.json", "y/a.json"]);
+}
+
+#[test]
+fn one_run_gets_a_verdict_in_words() {
+    use super::headline::run_verdict;
+    let verdict = |r: RunRecord| run_verdict(&Run::new("r", r));
+    // 200 connections in 2 s: 100 closes/s hold ~6,004 of 28,232 ports.
+    let client = record(Mode::ClientClose, &[100; 200], 0, 2);
+    assert_eq!(
+        verdict(client.clone()),
+        "TIME_WAIT on the client, 200 at peak: 21% of the ports towards the target held"
+    );
+    let server = record(Mode::ServerClose, &[100; 180], 0, 2);
+    assert_eq!(verdict(server), "TIME_WAIT on the server, 180 at peak");
+
+    let mut reused = client.clone();
+    reused.time_wait.client.reused = Some(150);
+    reused.time_wait.client.duration_ms.p50 = Some(1036);
+    reused.port_budget.exhaustion_after_s = Some(2.0);
+    assert_eq!(
+        verdict(reused.clone()),
+        "TIME_WAIT on the client, 200 at peak, reused after ~1 s: no exhaustion thanks to \
+         tcp_tw_reuse=2"
+    );
+    reused.port_budget.tw_reuse_applies = false;
+    assert!(
+        verdict(reused.clone()).ends_with(": ports run out after ~2.0 s at this rate"),
+        "{}",
+        verdict(reused.clone())
+    );
+    reused.port_budget.eaddrnotavail = 5;
+    assert!(
+        verdict(reused).ends_with(": ports exhausted, 5 connects failed with EADDRNOTAVAIL"),
+        "exhaustion seen beats exhaustion forecast"
+    );
+
+    let mut none = client.clone();
+    none.time_wait.client.entered = Some(0);
+    assert_eq!(verdict(none), "No TIME_WAIT on either side");
+    let mut unmeasured = client;
+    unmeasured.time_wait.source = "none".into();
+    unmeasured.time_wait.client = Default::default();
+    unmeasured.time_wait.server = Default::default();
+    assert_eq!(
+        verdict(unmeasured),
+        "TIME_WAIT not measured (neither the probe nor sampling ran)"
+    );
+}
+
+/// The TLS handshake rows and chart appear when a run has handshakes (n/a for a plain one),
+/// and not at all between plain runs.
+#[test]
+fn tls_rows_only_where_a_run_has_tls() {
+    let paths = |c: &Comparison| -> Vec<(String, Vec<String>)> {
+        c.sections
+            .iter()
+            .flat_map(|s| &s.rows)
+            .filter_map(|r| match r {
+                rows::Row::Number(n) if n.path.contains("tls") => {
+                    Some((n.path.clone(), n.values.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(paths(&pair()).is_empty());
+    let plain = record(Mode::ClientClose, &[100; 400], 0, 2);
+    let mut https = record(Mode::ClientClose, &[100; 400], 10_000, 2);
+    https.latency_us.tls_handshake = Some(https.latency_us.connect);
+    https.histograms.tls_handshake = Some(https.histograms.connect.clone());
+    https.tls = Some(crate::report::TlsRecord {
+        full_handshakes: 400,
+        ..Default::default()
+    });
+    let c = Comparison::new(
+        vec![Run::new("plain.json", plain), Run::new("https.json", https)],
+        &[],
+    )
+    .unwrap();
+    let rows = paths(&c);
+    let full = rows
+        .iter()
+        .find(|(p, _)| p == "tls.full_handshakes")
+        .expect("a handshake row");
+    assert_eq!(full.1[0], "n/a");
+    assert_eq!(full.1[1], "400");
+    assert!(
+        rows.iter()
+            .any(|(p, _)| p == "latency_us.tls_handshake.p50")
+    );
+}
+
+/// A scenario's requests get sections of their own, and gates address them by name.
+#[test]
+fn requests_of_a_scenario_have_rows_and_gates() {
+    use crate::report::sample::scenario_record;
+    let base = scenario_record(&[("search", &[100; 40]), ("login", &[1000; 10])]);
+    let slower = scenario_record(&[("search", &[100; 40]), ("login", &[2000; 10])]);
+    let gates: Vec<Gate> = [
+        "by_request.login.latency_us.total.p99 > 1500",
+        "by_request.search.latency_us.total.p99 > 1500",
+        "by_request.login.latency_us.total.p99 > +20%",
+        "by_request.login.requests.errors > 1%",
+    ]
+    .iter()
+    .map(|g| g.parse().unwrap())
+    .collect();
+    let runs = vec![Run::new("base", base), Run::new("slower", slower)];
+    let c = Comparison::new(runs, &gates).unwrap();
+    let failed: Vec<&str> = c
+        .gates
+        .iter()
+        .filter(|g| g.failed)
+        .map(|g| g.gate.as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            "by_request.login.latency_us.total.p99 > 1500",
+            "by_request.login.latency_us.total.p99 > +20%"
+        ]
+    );
+    let login = c
+        .sections
+        .iter()
+        .find(|s| s.title.starts_with("Request login"))
+        .expect("a section for login");
+    let p99 = login
+        .rows
+        .iter()
+        .find_map(|r| match r {
+            rows::Row::Number(n) if n.path == "by_request.login.latency_us.total.p99" => Some(n),
+            _ => None,
+        })
+        .expect("a p99 row");
+    assert_eq!(p99.values, ["1,000", "2,000"]);
+    let text = text::render(&c, false);
+    assert!(text.contains("Request search"), "{text}");
+    assert!(
+        text.contains("client-close, scenario of 2 requests (seed 7), embedded server"),
+        "{text}"
+    );
+    // Long paths keep their ends, which tell the rows apart.
+    assert!(
+        text.contains("  …uest.search.latency_us.total.p999 "),
+        "{text}"
+    );
+    // A name no record has is an error that lists the names there are.
+    let err = "by_request.serch.latency_us.total.p99 > 5"
+        .parse::<Gate>()
+        .unwrap()
+        .evaluate(&c.runs[0].json, &c.runs[1].json)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no request is named \"serch\"") && err.contains("login, search"),
+        "{err}"
+    );
 }

@@ -5,15 +5,26 @@
 use std::fmt::Write;
 
 use super::Comparison;
-use super::format::{fit, wrap};
 use super::noise::Noise;
 use super::rows::{Row, Tone};
+use crate::format::{fit, wrap};
 
 /// The widest line the report prints.
 pub const WIDTH: usize = 100;
 const PATH_MAX: usize = 34;
 const VALUE_MAX: usize = 14;
 const LABEL_MAX: usize = 20;
+
+/// A record path in `width` columns: its end, which tells it from its neighbours
+/// (`…search.latency_us.total.p99` under a section that names the request).
+fn fit_path(path: &str, width: usize) -> String {
+    let n = path.chars().count();
+    if n <= width {
+        return path.to_string();
+    }
+    let tail: String = path.chars().skip(n + 1 - width).collect();
+    format!("…{tail}")
+}
 
 /// Colours when on; plain text when off.
 #[derive(Clone, Copy)]
@@ -245,7 +256,7 @@ fn tables(out: &mut String, c: &Comparison, others: &[usize], p: Paint) {
         for row in &section.rows {
             match row {
                 Row::Number(r) => {
-                    let mut line = format!("  {:<w$}", fit(&r.path, l.path), w = l.path);
+                    let mut line = format!("  {:<w$}", fit_path(&r.path, l.path), w = l.path);
                     for &i in &cols {
                         let _ = write!(line, "  {:>w$}", r.values[i], w = l.value);
                         if i > 0 {
@@ -271,7 +282,7 @@ fn tables(out: &mut String, c: &Comparison, others: &[usize], p: Paint) {
                         let _ = writeln!(
                             out,
                             "  {:<w$}  {}",
-                            fit(&r.path, l.path),
+                            fit_path(&r.path, l.path),
                             r.values[0],
                             w = l.path
                         );
@@ -282,7 +293,7 @@ fn tables(out: &mut String, c: &Comparison, others: &[usize], p: Paint) {
                         continue;
                     }
                     let mark = if r.differs { "≠ " } else { "  " };
-                    let mut line = format!("{mark}{:<w$}", fit(&r.path, l.path), w = l.path);
+                    let mut line = format!("{mark}{:<w$}", fit_path(&r.path, l.path), w = l.path);
                     for &i in &cols {
                         let _ = write!(line, "  {:>w$}", r.values[i], w = l.value);
                         if i > 0 {

@@ -2,7 +2,7 @@
 //! interface `ss` uses).
 //!
 //! Two uses: cross-checking what the eBPF probe reconstructed from tracepoints (the probe never sees
-//! a timewait socket directly, see TIME_WAIT.md §1 and §7), and a degraded mode that needs no eBPF
+//! a timewait socket directly, docs/kernel.md §1 and §7; this list: §6), and a degraded mode that needs no eBPF
 //! privileges at all, since dumping TCP sockets is unprivileged.
 //!
 //! # Which sockets count as timewait
@@ -29,6 +29,8 @@
 //! Under churn the list and [`sockstat_tw`] can therefore differ by the sockets that changed
 //! between the two reads.
 
+pub mod timewait;
+
 use std::io;
 use std::mem::size_of;
 use std::net::SocketAddr;
@@ -47,15 +49,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 
-/// Where a timewait socket is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Substate {
-    /// We closed first and the peer has not closed yet. The socket lives for `tcp_fin_timeout`
-    /// unless the peer's FIN moves it to `TimeWait`; `tcp_tw_reuse` never applies to it.
-    FinWait2,
-    /// Both sides closed; the socket lives 60 s (`TCP_TIMEWAIT_LEN`) unless reused or killed.
-    TimeWait,
-}
+use crate::model::Substate;
 
 /// One timewait socket as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

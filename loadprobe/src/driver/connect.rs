@@ -88,7 +88,7 @@ impl Connector {
     }
 }
 
-fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
+pub(super) fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: valid fd, and a c_int option value with its exact size. The option lives at SOL_IP
     // for IPv6 sockets too.

@@ -11,7 +11,9 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
 
-use super::errors::ErrorClass;
+use super::errors::{ErrorClass, TlsFailure};
+use super::stream::Stream;
+use super::tls;
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -33,7 +35,7 @@ enum Framing {
 
 /// Reads one full response. `first_byte` is set when the first bytes arrive.
 pub(crate) async fn read_response(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     head_request: bool,
     first_byte: &mut Option<Instant>,
@@ -68,10 +70,7 @@ pub(crate) async fn read_response(
 
 /// Reads until the peer closes; for `server-close`, which must see the server's FIN before
 /// closing its own side. Bytes after the response are ignored.
-pub(crate) async fn read_to_eof(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> Result<(), ErrorClass> {
+pub(crate) async fn read_to_eof(stream: &mut Stream, buf: &mut Vec<u8>) -> Result<(), ErrorClass> {
     loop {
         buf.clear();
         if fill(stream, buf).await? == 0 {
@@ -80,14 +79,33 @@ pub(crate) async fn read_to_eof(
     }
 }
 
-/// Waits for the server's FIN after a complete response (`server-close`). Often epoll has
-/// already reported it (with the response: a server writes and closes back to back), and then
-/// no read is needed: closing with nothing but the FIN unread is an ordinary close, not an
-/// abort. A reset also ends the wait: the server ended the connection either way.
-pub(crate) async fn wait_for_fin(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> Result<(), ErrorClass> {
+/// Waits for the server's end after a complete response (`server-close`): over TLS its
+/// close_notify, then (as on a plain connection) its FIN. A server that sends its FIN without
+/// close_notify has ended the connection all the same.
+pub(crate) async fn wait_for_fin(stream: &mut Stream, buf: &mut Vec<u8>) -> Result<(), ErrorClass> {
+    match stream {
+        Stream::Plain(tcp) => wait_for_tcp_fin(tcp, buf).await,
+        Stream::Tls(tls) => {
+            loop {
+                buf.clear();
+                make_room(buf);
+                match tls.read_buf(buf).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(tls::classify(&e)),
+                }
+            }
+            wait_for_tcp_fin(tls.get_mut().0, buf).await
+        }
+    }
+}
+
+/// Waits for the server's FIN on the socket itself. Often epoll has already reported it (with
+/// the response: a server writes and closes back to back), and then no read is needed: closing
+/// with nothing but the FIN unread is an ordinary close, not an abort. A reset also ends the
+/// wait: the server ended the connection either way.
+async fn wait_for_tcp_fin(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), ErrorClass> {
     loop {
         let ready = stream
             .ready(Interest::READABLE)
@@ -108,12 +126,12 @@ pub(crate) async fn wait_for_fin(
 }
 
 /// One read into the spare capacity of `buf`.
-async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, ErrorClass> {
+async fn fill(stream: &mut Stream, buf: &mut Vec<u8>) -> Result<usize, ErrorClass> {
     make_room(buf);
     stream
         .read_buf(buf)
         .await
-        .map_err(|e: io::Error| ErrorClass::from_io(&e))
+        .map_err(|e: io::Error| tls::classify(&e))
 }
 
 /// Enough spare capacity in `buf` for one worthwhile read.
@@ -133,7 +151,7 @@ fn parse_head(
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(ErrorClass::Protocol),
+        Err(_) => return Err(not_http(buf)),
     };
     let status = resp.code.ok_or(ErrorClass::Protocol)?;
     let http10 = resp.version == Some(0);
@@ -167,6 +185,15 @@ fn parse_head(
     Ok(Some((head_len, status, close, framing)))
 }
 
+/// What an unparseable response head is counted as: a TLS record (handshake or alert, version
+/// 3.x) means the http URL points at an https server.
+fn not_http(buf: &[u8]) -> ErrorClass {
+    match buf {
+        [0x15 | 0x16, 0x03, ..] => ErrorClass::Tls(TlsFailure::TlsOnHttp),
+        _ => ErrorClass::Protocol,
+    }
+}
+
 fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|b| *b == b',')
@@ -174,7 +201,7 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
 }
 
 async fn read_body(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     head_len: usize,
     framing: Framing,
@@ -200,7 +227,7 @@ async fn read_body(
 
 /// Skips a chunked body, compacting the buffer as it goes so it never holds more than one read.
 async fn read_chunked(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     mut pos: usize,
 ) -> Result<(), ErrorClass> {
@@ -269,7 +296,7 @@ mod tests {
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
         });
-        let mut c = TcpStream::connect(addr).await.unwrap();
+        let mut c = Stream::Plain(TcpStream::connect(addr).await.unwrap());
         let mut buf = Vec::new();
         let mut fb = None;
         let r = read_response(&mut c, &mut buf, false, &mut fb).await;
@@ -315,6 +342,11 @@ mod tests {
         assert_eq!(
             read_raw(b"garbage\r\n\r\n", 1).await,
             Err(ErrorClass::Protocol)
+        );
+        // A TLS alert (unexpected_message) where a status line should be.
+        assert_eq!(
+            read_raw(b"\x15\x03\x03\x00\x02\x02\x0a", 1).await,
+            Err(ErrorClass::Tls(TlsFailure::TlsOnHttp))
         );
     }
 }

@@ -10,13 +10,15 @@ use hyper::client::conn::http1;
 use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::errors::ErrorClass;
+use super::http::wait_for_fin;
 use super::stats::Sample;
-use super::{DriverConfig, Mode};
+use super::stream::Stream;
+use super::tls;
+use super::{DriverConfig, RequestSpec};
+use crate::model::Mode;
 
 /// A request template hyper can clone cheaply per connection.
 pub(crate) struct HyperRequest {
@@ -24,11 +26,16 @@ pub(crate) struct HyperRequest {
     path: String,
     headers: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
+    /// How the connection ends after it.
+    mode: Mode,
 }
 
 impl HyperRequest {
-    pub(crate) fn new(cfg: &DriverConfig) -> Result<HyperRequest, String> {
-        let r = &cfg.request;
+    pub(crate) fn new(
+        cfg: &DriverConfig,
+        r: &RequestSpec,
+        mode: Mode,
+    ) -> Result<HyperRequest, hyper::http::Error> {
         let mut headers = Vec::new();
         if !r
             .headers
@@ -38,17 +45,18 @@ impl HyperRequest {
             headers.push((HOST, value(&cfg.target.host_header)?));
         }
         for (n, v) in &r.headers {
-            let name = HeaderName::from_bytes(n.as_bytes()).map_err(|e| e.to_string())?;
+            let name = HeaderName::from_bytes(n.as_bytes())?;
             headers.push((name, value(v)?));
         }
-        if cfg.mode == Mode::ServerClose {
+        if mode == Mode::ServerClose {
             headers.push((CONNECTION, HeaderValue::from_static("close")));
         }
         Ok(HyperRequest {
-            method: Method::from_bytes(r.method.as_bytes()).map_err(|e| e.to_string())?,
+            method: Method::from_bytes(r.method.as_bytes())?,
             path: r.path.clone(),
             headers,
             body: r.body.clone(),
+            mode,
         })
     }
 
@@ -67,18 +75,13 @@ impl HyperRequest {
     }
 }
 
-fn value(v: &str) -> Result<HeaderValue, String> {
-    HeaderValue::from_str(v).map_err(|e| e.to_string())
+fn value(v: &str) -> Result<HeaderValue, hyper::http::Error> {
+    Ok(HeaderValue::from_str(v)?)
 }
 
 fn hyper_error(e: hyper::Error) -> ErrorClass {
-    use std::error::Error;
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return ErrorClass::from_io(io);
-        }
-        source = s.source();
+    if let Some(io) = crate::error_chain::io_error(&e) {
+        return tls::classify(io);
     }
     if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
         ErrorClass::Eof
@@ -92,7 +95,7 @@ fn hyper_error(e: hyper::Error) -> ErrorClass {
 pub(crate) async fn exchange(
     cfg: &DriverConfig,
     req: &HyperRequest,
-    stream: TcpStream,
+    stream: Stream,
     s: &mut Sample,
 ) -> Result<bool, ErrorClass> {
     let (mut sender, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
@@ -140,10 +143,15 @@ pub(crate) async fn exchange(
     };
     let mut io = parts.io.into_inner();
     let mut fin_missing = false;
-    if cfg.mode == Mode::ServerClose {
-        let mut buf = [0u8; 512];
-        let wait_eof = async { while io.read(&mut buf).await.is_ok_and(|n| n > 0) {} };
-        fin_missing = timeout(cfg.request_timeout, wait_eof).await.is_err();
+    match req.mode {
+        Mode::ServerClose => {
+            let mut buf = Vec::new();
+            fin_missing = timeout(cfg.request_timeout, wait_for_fin(&mut io, &mut buf))
+                .await
+                .is_err();
+        }
+        Mode::ClientClose => io.close_notify().await,
+        Mode::Reset | Mode::KeepAlive => {}
     }
     drop(io);
     Ok(fin_missing)

@@ -6,93 +6,41 @@
 //! instead of silently lowering the request rate (no coordinated omission).
 
 mod connect;
+pub mod curve;
 pub mod errors;
 mod http;
 mod hyper_client;
 pub mod limits;
+pub mod mix;
 mod request;
+pub mod scenario;
 mod schedule;
+pub mod segment;
 pub mod source_ips;
 mod stats;
+mod stream;
 mod target;
 mod task;
-pub mod timewait;
+pub mod tls;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-pub use errors::ErrorClass;
+use crate::model::{Live, Mode, Workload};
+
+pub use curve::{Curve, Stage};
+pub use errors::{ErrorClass, TlsFailure};
+pub use mix::{Mix, MixRequest};
 pub use request::{RequestError, RequestSpec, parse_header};
+pub use segment::{Segment, SegmentError};
 pub use source_ips::parse_source_ips;
-pub use stats::{Histograms, Second};
+pub use stats::{Histograms, RequestResult, Second, TlsCounts};
 pub use target::{Target, TargetError};
-
-/// What a task does with its connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// New connection, one request, the client closes first: TIME_WAIT on the client.
-    ClientClose,
-    /// New connection, `Connection: close`, wait for the server's FIN: TIME_WAIT on the server.
-    ServerClose,
-    /// Connections are reused, closed by the client after `requests_per_conn` requests.
-    KeepAlive,
-    /// New connection, one request, then SO_LINGER 0 close: RST, no TIME_WAIT anywhere.
-    Reset,
-}
-
-impl Mode {
-    pub const ALL: [Mode; 4] = [
-        Mode::ClientClose,
-        Mode::ServerClose,
-        Mode::KeepAlive,
-        Mode::Reset,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Mode::ClientClose => "client-close",
-            Mode::ServerClose => "server-close",
-            Mode::KeepAlive => "keep-alive",
-            Mode::Reset => "reset",
-        }
-    }
-
-    /// Which side ends up holding TIME_WAIT when the mode works as intended.
-    pub fn time_wait_side(&self) -> Option<&'static str> {
-        match self {
-            Mode::ClientClose | Mode::KeepAlive => Some("client"),
-            Mode::ServerClose => Some("server"),
-            Mode::Reset => None,
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Mode, String> {
-        Mode::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown mode {s:?} (expected client-close, server-close, keep-alive or reset)"
-                )
-            })
-    }
-}
+pub use tls::{Identity, TlsConfigError, TlsOptions, Trust};
 
 /// Which HTTP client code sends requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -102,17 +50,6 @@ pub enum HttpClient {
     Lean,
     /// hyper's client connection (connection-per-request modes only), for comparison.
     Hyper,
-}
-
-/// How tasks are started.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Workload {
-    /// `users` loops, each starting its next request when the previous one (and the think
-    /// time) is over.
-    Closed { users: u32, think_time: Duration },
-    /// `rate` requests per second on a constant schedule, at most `max_in_flight` at once (the
-    /// descriptor limit); when that cap is hit the schedule waits, and latency shows it.
-    Open { rate: f64, max_in_flight: u32 },
 }
 
 /// Everything a run needs; built and validated by the CLI.
@@ -129,41 +66,82 @@ pub struct DriverConfig {
     pub requests: Option<u64>,
     /// Load is applied but not measured for this long first.
     pub warmup: Duration,
-    pub request: RequestSpec,
+    /// What to send: one request, or a scenario's weighted mix.
+    pub mix: Mix,
     /// Local addresses to spread connections over; empty: let the kernel choose.
     pub source_ips: Vec<IpAddr>,
     pub connect_timeout: Duration,
     /// Bound on write + response; in server-close also on the wait for the server's FIN.
     pub request_timeout: Duration,
+    /// How long requests still in flight at the end of the measured duration may take to
+    /// finish; those still going after it are counted as `unfinished`.
+    pub grace: Duration,
+    /// Send a request again, on a new connection, when the kept-alive connection it was
+    /// written to turns out to have been closed by the server (counted either way).
+    pub retry_stale: bool,
     pub http_client: HttpClient,
     /// Driver threads, each with an event loop of its own (see `schedule`).
     pub workers: usize,
+    /// The part of the workload this host runs ([`Segment::WHOLE`]: all of it). `workload`
+    /// (but its `max_in_flight`, which is this host's) and `requests` stay the whole run's; the
+    /// driver takes its share.
+    pub segment: Segment,
+    /// Wall-clock moment to start the run at (warmup first), so that the segments on several
+    /// hosts run at the same time; everything else is ready before it.
+    pub start_at: Option<SystemTime>,
+    /// The load changes over the run: from the workload's users or rate, each stage moves
+    /// linearly to its target (see [`Curve`]). Empty: the workload's value throughout.
+    pub stages: Vec<Stage>,
+    /// How to speak TLS: set exactly when the target is https ([`Target::tls`]).
+    pub tls: Option<TlsOptions>,
+}
+
+impl DriverConfig {
+    /// The users (closed model) or starts a second (open model) over time, from the start of
+    /// the run.
+    pub fn curve(&self) -> Curve {
+        let start = match self.workload {
+            Workload::Closed { users, .. } => f64::from(users),
+            Workload::Open { rate, .. } => rate,
+        };
+        Curve::new(start, self.stages.clone())
+    }
 }
 
 impl DriverConfig {
     /// A config with the defaults the CLI uses, for `target`.
     pub fn new(target: Target, mode: Mode, workload: Workload) -> DriverConfig {
-        let request = RequestSpec {
+        let mix = Mix::single(RequestSpec {
             path: target.path.clone(),
             ..RequestSpec::default()
-        };
+        });
         DriverConfig {
-            target,
             mode,
             requests_per_conn: None,
             workload,
             duration: Some(Duration::from_secs(10)),
             requests: None,
             warmup: Duration::ZERO,
-            request,
+            mix,
             source_ips: Vec::new(),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
+            grace: GRACE,
+            retry_stale: true,
             http_client: HttpClient::Lean,
             workers: default_workers(mode),
+            segment: Segment::WHOLE,
+            start_at: None,
+            stages: Vec::new(),
+            tls: target.tls.then(TlsOptions::default),
+            target,
         }
     }
 }
+
+/// The default [`DriverConfig::grace`]: long enough for any ordinary response in flight at the
+/// deadline, short enough that a hung server delays the report by little.
+pub const GRACE: Duration = Duration::from_secs(3);
 
 /// Driver threads unless told otherwise: one per CPU for the connection-per-request modes,
 /// whose cost is mostly the kernel's work for the client's sockets; half the CPUs for
@@ -179,31 +157,82 @@ fn default_workers(mode: Mode) -> usize {
     }
 }
 
+/// A [`DriverConfig`] field [`validate`] can reject: errors name the field, and the command
+/// line maps it to its own flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Users,
+    Rate,
+    MaxInFlight,
+    Requests,
+    Duration,
+    RequestsPerConn,
+    HttpClient,
+    Workers,
+    Timeouts,
+    SourceIps,
+    Stages,
+    Tls,
+    Scenario,
+}
+
+impl Field {
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Users => "users",
+            Field::Rate => "rate",
+            Field::MaxInFlight => "max_in_flight",
+            Field::Requests => "requests",
+            Field::Duration => "duration",
+            Field::RequestsPerConn => "requests_per_conn",
+            Field::HttpClient => "http_client",
+            Field::Workers => "workers",
+            Field::Timeouts => "timeouts",
+            Field::SourceIps => "source_ips",
+            Field::Stages => "stages",
+            Field::Tls => "tls",
+            Field::Scenario => "scenario",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    #[error("{0}")]
-    Config(String),
+    /// `why` says what is wrong with the field's value ("must be at least 1").
+    #[error("{} {why}", field.name())]
+    Invalid { field: Field, why: &'static str },
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Segment(SegmentError),
+    #[error(transparent)]
+    Modes(#[from] mix::ModeClash),
+    #[error("the request cannot be built for the hyper client")]
+    HyperRequest(#[source] hyper::http::Error),
+    #[error("cannot start a driver thread")]
+    Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    SourceIp(#[from] source_ips::UnusableSourceIp),
     #[error("target {addr} is unreachable: {class}")]
     Unreachable {
         addr: std::net::SocketAddr,
         class: ErrorClass,
     },
-}
-
-/// Counters updated as requests complete (measured window only), for live progress.
-#[derive(Debug, Default)]
-pub struct Live {
-    pub requests: AtomicU64,
-    pub errors: AtomicU64,
-    pub connections: AtomicU64,
-    /// Latest TIME_WAIT counts per side, written by the probe (or the sampler without it).
-    pub tw_client: AtomicU64,
-    pub tw_server: AtomicU64,
-    /// Set once warmup is over.
-    pub measuring: AtomicBool,
-    /// When the measured window started, on [`crate::kernel::monotonic_ns`]'s clock (0 before):
-    /// the probe splits its counts there.
-    pub window_start_ns: AtomicU64,
+    #[error(transparent)]
+    TlsConfig(TlsConfigError),
+    /// The pre-flight handshake failed; `source` holds rustls' reason.
+    #[error("TLS handshake with {addr} failed ({class})")]
+    Handshake {
+        addr: std::net::SocketAddr,
+        class: ErrorClass,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr} got no answer within {} ms (--connect-timeout): is it an https server?", .after.as_millis())]
+    HandshakeTimeout {
+        addr: std::net::SocketAddr,
+        after: Duration,
+    },
 }
 
 /// Asks a run to stop early (SIGINT/SIGTERM); cheap to check, and awaitable.
@@ -229,9 +258,20 @@ impl Stop {
         *self.inner.borrow()
     }
 
+    /// Resolves once stopped. Every poll looks at the flag itself first: a stop wakes its
+    /// waiters in groups, one after the other, and a task woken by an early group must find
+    /// its other waits resolved too (a FIN wait cut at the end of a run, say), not still
+    /// waiting for their own wake-up.
     pub async fn wait(&self) {
         let mut rx = self.inner.subscribe();
-        let _ = rx.wait_for(|stopped| *stopped).await;
+        let mut changed = std::pin::pin!(rx.wait_for(|stopped| *stopped));
+        std::future::poll_fn(|cx| {
+            if self.is_stopped() {
+                return std::task::Poll::Ready(());
+            }
+            changed.as_mut().poll(cx).map(drop)
+        })
+        .await
     }
 }
 
@@ -240,8 +280,10 @@ impl Stop {
 #[derive(Debug, Clone)]
 pub struct DriverResult {
     pub started_at: SystemTime,
-    /// The measured window: from the end of warmup to the last completion.
+    /// The measured window: from the end of warmup to the deadline, the stop, or (with a
+    /// request count) the last completion; the grace after a deadline is not part of it.
     pub elapsed: Duration,
+    /// Completed requests, `ok` and errors.
     pub total: u64,
     pub ok: u64,
     /// Error class name (see [`ErrorClass::name`]) → count.
@@ -253,8 +295,25 @@ pub struct DriverResult {
     /// Responses after which the server did not close within the timeout (server-close, and
     /// keep-alive responses that announced the close).
     pub server_fin_missing: u64,
-    /// Stopped by [`Stop::stop`] before the planned end.
+    /// Open model: starts that were due in the window but never made, because the in-flight
+    /// cap was full or the driver was behind when the window ended (k6's dropped iterations).
+    pub dropped: u64,
+    /// Requests in flight when the run ended (deadline plus grace, or a stop); not in `total`.
+    pub unfinished: u64,
+    /// The figures of each request of [`DriverConfig::mix`], in its order; they add up to the
+    /// totals above.
+    pub by_request: Vec<RequestResult>,
+    /// Requests written onto a kept-alive connection the server had already closed.
+    pub stale_connection: u64,
+    /// Of those, the ones sent again on a new connection ([`DriverConfig::retry_stale`]).
+    pub retried: u64,
+    /// Stopped by [`Stop::stop`] before the run ended by itself.
     pub interrupted: bool,
+    /// With [`DriverConfig::start_at`]: how long after that moment the run started (zero when
+    /// it was ready in time).
+    pub start_late: Option<Duration>,
+    /// Handshakes of an https run; `None` for plain HTTP.
+    pub tls: Option<TlsCounts>,
 }
 
 impl DriverResult {
@@ -296,45 +355,89 @@ pub async fn preflight(config: &DriverConfig) -> Result<(), DriverError> {
     task::preflight(config).await
 }
 
-fn validate(c: &DriverConfig) -> Result<(), DriverError> {
-    let bad = |s: &str| Err(DriverError::Config(s.to_string()));
+/// Checks a configuration before any connection: each problem names the [`Field`] and what is
+/// wrong with its value. [`drive`] and [`preflight`] call it; a command line calls it too, to
+/// put its flags on the errors.
+pub fn validate(c: &DriverConfig) -> Result<(), DriverError> {
+    let bad = |field, why| Err(DriverError::Invalid { field, why });
+    // With stages the load may start from nothing; it must be something at some point.
+    let peak = c.curve().max();
     match c.workload {
-        Workload::Closed { users: 0, .. } => return bad("--users must be at least 1"),
-        Workload::Open { rate, .. } if !(rate > 0.0 && rate.is_finite()) => {
-            return bad("--rate must be a positive number");
+        Workload::Closed { .. } if peak < 1.0 => return bad(Field::Users, "must be at least 1"),
+        Workload::Open { .. } if !(peak > 0.0 && peak.is_finite()) => {
+            return bad(Field::Rate, "must be a positive number");
         }
         Workload::Open {
             max_in_flight: 0, ..
-        } => return bad("max in flight must be at least 1"),
+        } => return bad(Field::MaxInFlight, "must be at least 1"),
         _ => {}
     }
     if c.requests == Some(0) {
-        return bad("--requests must be at least 1");
+        return bad(Field::Requests, "must be at least 1");
+    }
+    let split = |what, n| {
+        c.segment
+            .nonempty_share(what, n)
+            .map_err(DriverError::Segment)
+    };
+    if let Workload::Closed { .. } = c.workload {
+        split("users", peak.ceil() as u64)?;
+    }
+    if !c.stages.is_empty() && (c.warmup > Duration::ZERO || c.duration != Some(c.curve().total()))
+    {
+        return bad(
+            Field::Stages,
+            "set the run's length: no warmup, and the duration is theirs",
+        );
+    }
+    if let Some(requests) = c.requests {
+        split("requests", requests)?;
     }
     if c.duration.is_some_and(|d| d.is_zero()) {
-        return bad("--duration must be positive");
+        return bad(Field::Duration, "must be positive");
     }
     if c.requests_per_conn == Some(0) {
-        return bad("--requests-per-conn must be at least 1");
+        return bad(Field::RequestsPerConn, "must be at least 1");
     }
-    if c.http_client == HttpClient::Hyper && c.mode == Mode::KeepAlive {
-        return bad("the hyper client is only for connection-per-request modes");
+    if c.http_client == HttpClient::Hyper && c.mix.modes(c.mode).any(|m| m == Mode::KeepAlive) {
+        return bad(
+            Field::HttpClient,
+            "hyper is only for connection-per-request modes",
+        );
     }
     if c.workers == 0 {
-        return bad("--threads must be at least 1");
+        return bad(Field::Workers, "must be at least 1");
     }
-    if c.connect_timeout.is_zero() || c.request_timeout.is_zero() {
-        return bad("timeouts must be positive");
+    if c.connect_timeout.is_zero() || c.request_timeout.is_zero() || c.grace.is_zero() {
+        return bad(Field::Timeouts, "must be positive");
     }
     if c.source_ips
         .iter()
         .any(|ip| ip.is_ipv4() != c.target.addr.is_ipv4())
     {
-        return bad("--source-ips must be of the same IP family as the target");
+        return bad(
+            Field::SourceIps,
+            "must be of the same IP family as the target",
+        );
     }
-    c.request
-        .validate()
-        .map_err(|e| DriverError::Config(e.to_string()))
+    if c.tls.is_some() != c.target.tls {
+        return bad(
+            Field::Tls,
+            "TLS options are set exactly for an https target",
+        );
+    }
+    source_ips::check_usable(&c.source_ips)?;
+    if c.mix.total_weight() == 0 {
+        return bad(
+            Field::Scenario,
+            "must give at least one request a positive weight",
+        );
+    }
+    c.mix.check_modes(c.mode)?;
+    for r in &c.mix.requests {
+        r.spec.validate()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -27,15 +27,14 @@ impl Default for RequestSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    #[error("invalid --method {0:?}: must be an HTTP token like GET or POST")]
+    /// Each message says what is wrong with the value it holds, which the caller names.
+    #[error("must be an HTTP token like GET or POST")]
     Method(String),
-    #[error(
-        "invalid --path {0:?}: must start with '/' and contain no spaces or control characters"
-    )]
+    #[error("must start with '/' and contain no spaces or control characters")]
     Path(String),
-    #[error("invalid --header {0:?}: expected 'Name: value' with a token name and no line breaks")]
+    #[error("expected 'Name: value' with a token name and no line breaks")]
     Header(String),
-    #[error("--header {0}: set by the driver (from --mode / --body), not allowed here")]
+    #[error("set by the driver (from the mode and the body), not allowed here")]
     Reserved(String),
 }
 

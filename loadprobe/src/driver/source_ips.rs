@@ -1,15 +1,20 @@
 //! Parsing `--source-ips`: each local address multiplies the 4-tuple space by the ephemeral port
 //! range, which is the standard cure for port exhaustion towards one destination.
 
-use std::net::IpAddr;
+use std::collections::HashSet;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// The most addresses accepted: more would be a typo (a /8), not a plan.
 pub const MAX_SOURCE_IPS: u128 = 65_536;
 
+/// What is wrong with the address list `spec`.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid --source-ips {spec:?}: {why}")]
+#[error("{why}")]
 pub struct SourceIpsError {
-    spec: String,
+    pub spec: String,
     why: String,
 }
 
@@ -71,7 +76,39 @@ pub fn parse_source_ips(spec: &str) -> Result<Vec<IpAddr>, SourceIpsError> {
     if out.iter().any(|ip| ip.is_ipv4() != out[0].is_ipv4()) {
         return Err(err("mixes IPv4 and IPv6".to_string()));
     }
+    let mut seen = HashSet::with_capacity(out.len());
+    if let Some(twice) = out.iter().find(|ip| !seen.insert(**ip)) {
+        // Connections would go to it twice as often as to the others.
+        return Err(err(format!("{twice} is listed more than once")));
+    }
     Ok(out)
+}
+
+/// A source address connections cannot be made from.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use {addr} as a source address (is it an address of this host?)")]
+pub struct UnusableSourceIp {
+    pub addr: IpAddr,
+    source: io::Error,
+}
+
+/// Binds a socket to each address, as the connections will, so that an address that is not
+/// local here is an error before the run instead of a share of failed connects in it. The
+/// port is left to connect() (IP_BIND_ADDRESS_NO_PORT), so the check takes no port.
+pub fn check_usable(ips: &[IpAddr]) -> Result<(), UnusableSourceIp> {
+    for &addr in ips {
+        let bind = || -> io::Result<()> {
+            let socket = Socket::new(
+                Domain::for_address(SocketAddr::new(addr, 0)),
+                Type::STREAM.cloexec(),
+                Some(Protocol::TCP),
+            )?;
+            super::connect::set_bind_address_no_port(&socket)?;
+            socket.bind(&SocketAddr::new(addr, 0).into())
+        };
+        bind().map_err(|source| UnusableSourceIp { addr, source })?;
+    }
+    Ok(())
 }
 
 fn parse_ip(s: &str) -> Result<IpAddr, String> {
@@ -130,8 +167,22 @@ mod tests {
             "10.0.0.0/8",
             "127.0.0.1,::1",
             "127.0.0.1-::1",
+            "127.0.0.2,127.0.0.3,127.0.0.2",
+            "127.0.0.2-127.0.0.4,127.0.0.3",
         ] {
             assert!(parse_source_ips(bad).is_err(), "{bad:?} should be rejected");
         }
+        let twice = parse_source_ips("127.0.0.2,127.0.0.2").unwrap_err();
+        assert!(twice.to_string().contains("127.0.0.2 is listed"), "{twice}");
+    }
+
+    #[test]
+    fn every_address_must_be_local() {
+        assert!(check_usable(&parse_source_ips("127.0.0.2-127.0.0.4").unwrap()).is_ok());
+        // 192.0.2.0/24 is TEST-NET-1, never assigned to a host; it is second, so a check of
+        // the first address alone would let it pass.
+        let err = check_usable(&parse_source_ips("127.0.0.2,192.0.2.1").unwrap()).unwrap_err();
+        assert_eq!(err.addr.to_string(), "192.0.2.1");
+        assert!(err.to_string().contains("192.0.2.1"), "{err}");
     }
 }

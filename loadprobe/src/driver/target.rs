@@ -1,5 +1,4 @@
-//! Parsing `--target http://HOST[:PORT][/PATH]`. Only plain HTTP: the tool measures TCP
-//! connection churn, and a TLS handshake would dominate every number it reports.
+//! Parsing `--target http[s]://HOST[:PORT][/PATH]`.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
@@ -12,11 +11,16 @@ pub struct Target {
     pub host_header: String,
     /// Path and query from the URL, `/` when absent.
     pub path: String,
+    /// The host as the URL names it, without brackets or port: the TLS server name.
+    pub host: String,
+    /// `https://`: every connection speaks TLS.
+    pub tls: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    #[error("invalid --target {url:?}: {why}")]
+    /// What is wrong with `url`.
+    #[error("{why}")]
     Invalid { url: String, why: String },
 }
 
@@ -27,24 +31,25 @@ impl Target {
             addr,
             host_header: addr.to_string(),
             path: "/".to_string(),
+            host: addr.ip().to_string(),
+            tls: false,
         }
     }
 
-    /// Parses an `http://` URL. Literal IPv4 and `[IPv6]` hosts are used as is; a name is
+    /// Parses an `http://` or `https://` URL. Literal IPv4 and `[IPv6]` hosts are used as is; a name is
     /// resolved once, here, and its first address used for the whole run.
     pub fn parse(url: &str) -> Result<Target, TargetError> {
         let invalid = |why: &str| TargetError::Invalid {
             url: url.to_string(),
             why: why.to_string(),
         };
-        let rest = match url.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-            Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
-                return Err(invalid("https is not supported; use an http:// URL"));
-            }
-            Some(_) => return Err(invalid("only http:// URLs are supported")),
-            None => return Err(invalid("expected http://HOST[:PORT][/PATH]")),
+        let (tls, rest) = match url.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
+            Some(_) => return Err(invalid("only http:// and https:// URLs are supported")),
+            None => return Err(invalid("expected http[s]://HOST[:PORT][/PATH]")),
         };
+        let default_port = if tls { 443 } else { 80 };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
             Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
@@ -64,7 +69,7 @@ impl Target {
                 .ok()
                 .filter(|p| *p != 0)
                 .ok_or_else(|| invalid("port must be 1-65535"))?,
-            None => 80,
+            None => default_port,
         };
         let ip = match host.parse::<IpAddr>() {
             Ok(ip) => ip,
@@ -89,8 +94,7 @@ impl Target {
                     .ok_or_else(|| invalid("cannot resolve host"))?
             }
         };
-        let default_port = port == 80;
-        let host_header = if default_port {
+        let host_header = if port == default_port {
             host.to_string()
         } else {
             format!("{host}:{port}")
@@ -99,6 +103,11 @@ impl Target {
             addr: SocketAddr::new(ip, port),
             host_header,
             path,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            tls,
         })
     }
 }
@@ -146,13 +155,26 @@ mod tests {
         assert_eq!(t.addr.port(), 80);
         assert_eq!(t.host_header, "127.0.0.2");
         assert_eq!(t.path, "/?q");
+        assert!(!t.tls);
+
+        let t = Target::parse("https://localhost/x").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.addr.port(), 443);
+        assert_eq!(
+            (t.host.as_str(), t.host_header.as_str()),
+            ("localhost", "localhost")
+        );
+        let t = Target::parse("https://[::1]:8443/").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.host_header.as_str()),
+            ("::1", "[::1]:8443")
+        );
     }
 
     #[test]
     fn rejects_malformed() {
         for bad in [
             "127.0.0.1:80",
-            "https://127.0.0.1/",
             "ftp://x/",
             "http://",
             "http://127.0.0.1:0/",

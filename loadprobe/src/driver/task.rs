@@ -7,9 +7,18 @@
 //! - reset has SO_LINGER 0 set at socket creation, so the close is an RST;
 //! - keep-alive keeps the connection, unless the server announced its close (then it waits
 //!   for the server's FIN, as server-close does) or `--requests-per-conn` is reached.
+//!
+//! Over TLS the same order holds: the client's close_notify leaves with its FIN, server-close
+//! waits for the server's close_notify and then its FIN, and reset says nothing before its RST.
+//!
+//! In a scenario each request has a mode of its own (the run's unless it says): a task sends
+//! its request on the connection its slot holds, when a keep-alive request left one there, or
+//! on a new one, and then ends that connection as its own request's mode says.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,24 +30,39 @@ use super::connect::Connector;
 use super::errors::ErrorClass;
 use super::http::{read_response, wait_for_fin};
 use super::hyper_client::{self, HyperRequest};
+use super::mix::Chooser;
 use super::stats::{Recorder, Sample};
-use super::{DriverConfig, DriverError, HttpClient, Live, Mode, Stop};
+use super::stream::Stream;
+use super::tls::{self, TlsClient};
+use super::{DriverConfig, DriverError, Field, HttpClient, Stop};
+use crate::model::{Live, Mode};
 
 /// An open connection and how many requests it has carried.
 pub(crate) struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     used: u32,
+}
+
+/// One request of the mix, ready to send.
+struct Prepared {
+    /// The encoded request.
+    wire: Bytes,
+    head: bool,
+    /// How the connection ends after it (its own mode, or the run's).
+    mode: Mode,
+    /// Set for `HttpClient::Hyper`.
+    hyper: Option<HyperRequest>,
 }
 
 /// State shared by all tasks of a run.
 pub(crate) struct Ctx {
     pub cfg: DriverConfig,
     connector: Connector,
-    /// The encoded request.
-    wire: Bytes,
-    head: bool,
-    /// Set for `HttpClient::Hyper`.
-    hyper: Option<HyperRequest>,
+    /// The mix's requests, in its order.
+    requests: Vec<Prepared>,
+    pub chooser: Chooser,
+    /// Set for an https target.
+    tls: Option<TlsClient>,
     pub recorder: Recorder,
     pub live: Arc<Live>,
     pub stop: Stop,
@@ -46,6 +70,9 @@ pub(crate) struct Ctx {
     pub window_start: Instant,
     /// End of the measured duration, if any.
     pub deadline: Option<Instant>,
+    /// Set when requests still in flight must give up: the grace after the deadline is over,
+    /// or the run was stopped. They are counted as unfinished.
+    pub cut: Stop,
     issued: AtomicU64,
 }
 
@@ -68,27 +95,50 @@ impl Ctx {
         let connector = Connector::new(
             cfg.target.addr,
             cfg.source_ips.clone(),
-            cfg.mode == Mode::Reset,
+            // Reset is every request's mode or none's (see `Mix::check_modes`).
+            cfg.mix.common_mode(cfg.mode) == Some(Mode::Reset),
         );
-        let wire = cfg
-            .request
-            .encode(&cfg.target.host_header, cfg.mode == Mode::ServerClose);
+        let requests = cfg
+            .mix
+            .requests
+            .iter()
+            .map(|r| {
+                let mode = r.mode.unwrap_or(cfg.mode);
+                let hyper = match cfg.http_client {
+                    HttpClient::Lean => None,
+                    HttpClient::Hyper => Some(
+                        HyperRequest::new(&cfg, &r.spec, mode)
+                            .map_err(DriverError::HyperRequest)?,
+                    ),
+                };
+                Ok(Prepared {
+                    wire: r
+                        .spec
+                        .encode(&cfg.target.host_header, mode == Mode::ServerClose),
+                    head: r.spec.is_head(),
+                    mode,
+                    hyper,
+                })
+            })
+            .collect::<Result<Vec<_>, DriverError>>()?;
+        let chooser = Chooser::new(&cfg.mix).map_err(|_| DriverError::Invalid {
+            field: Field::Scenario,
+            why: "must give at least one request a positive weight",
+        })?;
         let shards = 4 * std::thread::available_parallelism().map_or(2, |n| n.get());
-        let hyper = match cfg.http_client {
-            HttpClient::Lean => None,
-            HttpClient::Hyper => Some(HyperRequest::new(&cfg).map_err(DriverError::Config)?),
-        };
+        let tls = tls_client(&cfg)?;
         Ok(Ctx {
-            head: cfg.request.is_head(),
-            hyper,
+            recorder: Recorder::new(shards, window_start, requests.len()),
+            requests,
+            chooser,
+            tls,
             cfg,
             connector,
-            wire,
-            recorder: Recorder::new(shards, window_start),
             live,
             stop,
             window_start,
             deadline,
+            cut: Stop::default(),
             issued: AtomicU64::new(0),
         })
     }
@@ -104,7 +154,7 @@ impl Ctx {
         if self.deadline.is_some_and(|d| at >= d) {
             return Ticket::Done;
         }
-        if let Some(limit) = self.cfg.requests {
+        if let Some(limit) = self.cfg.requests.map(|n| self.cfg.segment.share(n)) {
             if self.issued.fetch_add(1, Ordering::Relaxed) >= limit {
                 return Ticket::Done;
             }
@@ -112,41 +162,93 @@ impl Ctx {
         Ticket::Measured
     }
 
-    /// Runs one request on `slot` (taking its connection, or opening one) and records it.
+    /// Runs request `request` of the mix on `slot` (taking its connection, or opening one) and
+    /// records it.
+    /// Returns `true` when it failed to open a connection (refused, no local port...): such a
+    /// failure comes back at once, so a user loop must pause before its next try, or it keeps
+    /// its event loop from every other user on it.
     pub(crate) async fn run_one(
         &self,
         idx: usize,
+        request: usize,
         slot: &mut Option<Conn>,
         buf: &mut Vec<u8>,
         intended: Instant,
         measured: bool,
-    ) {
+    ) -> bool {
         let start = Instant::now();
         let mut s = Sample {
+            request,
             intended,
             start,
             connect: None,
             first_byte: None,
             done: start,
             result: Ok(()),
+            tls: None,
         };
-        let reused = slot.is_some();
-        let mut outcome = self.exchange(slot, buf, &mut s).await;
-        if reused && s.first_byte.is_none() && is_stale_keepalive(&outcome) {
-            // The server closed an idle keep-alive connection just as we reused it; that is
-            // the connection's end, not a failed request: retry once on a new connection.
-            outcome = self.exchange(slot, buf, &mut s).await;
+        // A kept-alive connection the server closed while it was idle is only its end: a
+        // request written onto it would meet the server's RST. Dropped here, before `fresh` is
+        // decided, so that a failure of the connection that replaces it is that connection's.
+        if slot
+            .as_ref()
+            .is_some_and(|conn| peer_closed(conn.stream.tcp()))
+        {
+            *slot = None;
+        }
+        let (mut stale, mut retried, mut fresh) = (false, false, slot.is_none());
+        let outcome = {
+            let attempt = async {
+                let mut outcome = self.exchange(slot, buf, &mut s).await;
+                if !fresh && s.first_byte.is_none() && is_stale_keepalive(&outcome) {
+                    // The server closed the kept-alive connection while the request was on
+                    // its way: the request never reached a server that would answer it.
+                    stale = true;
+                    if self.cfg.retry_stale {
+                        retried = true;
+                        fresh = true;
+                        outcome = self.exchange(slot, buf, &mut s).await;
+                    }
+                }
+                outcome
+            };
+            tokio::pin!(attempt);
+            // Biased: a FIN wait cut by the end is the exchange's to report (as a missing FIN).
+            let finished = tokio::select! {
+                biased;
+                outcome = &mut attempt => Some(outcome),
+                _ = self.cut.wait() => None,
+            };
+            match finished {
+                Some(outcome) => Some(outcome),
+                None => last_look(attempt).await,
+            }
+        };
+        let connect_failed = fresh && s.connect.is_none() && matches!(outcome, Some(Err(_)));
+        if measured && stale {
+            self.recorder.stale_connection(idx, retried);
         }
         let fin_missing = match outcome {
-            Ok(fin_missing) => fin_missing,
-            Err(class) => {
+            Some(Ok(fin_missing)) => fin_missing,
+            Some(Err(class)) => {
                 s.result = Err(class);
                 s.done = Instant::now();
                 false
             }
+            None => {
+                if measured {
+                    // `s.done` is still the start: its connection goes in the timeline's
+                    // second of the window where the request started, not after the window.
+                    self.recorder.unfinished(idx, &s);
+                    if s.connect.is_some() {
+                        self.live.connections.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                return false;
+            }
         };
         if !measured {
-            return;
+            return connect_failed;
         }
         self.recorder.record(idx, &s);
         if fin_missing {
@@ -159,6 +261,18 @@ impl Ctx {
         if s.connect.is_some() {
             self.live.connections.fetch_add(1, Ordering::Relaxed);
         }
+        connect_failed
+    }
+
+    /// Resolves when no new request may start: the deadline passed or the run was stopped.
+    pub(crate) async fn window_over(&self) {
+        match self.deadline {
+            Some(deadline) => tokio::select! {
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = self.stop.wait() => {}
+            },
+            None => self.stop.wait().await,
+        }
     }
 
     /// `Ok(true)`: the response was fine but the server never sent its FIN (server-close, or a
@@ -170,29 +284,47 @@ impl Ctx {
         buf: &mut Vec<u8>,
         s: &mut Sample,
     ) -> Result<bool, ErrorClass> {
+        let request = &self.requests[s.request];
         let (mut conn, sent) = match slot.take() {
             Some(conn) => (conn, 0),
-            None => {
+            None if self.tls.is_none() && request.hyper.is_none() => {
                 let t = Instant::now();
-                if let Some(req) = &self.hyper {
-                    let stream = connected(
-                        timeout(self.cfg.connect_timeout, self.connector.connect()).await,
-                    )?;
-                    s.connect = Some(t.elapsed());
-                    return hyper_client::exchange(&self.cfg, req, stream, s).await;
-                }
-                let connect = self.connector.connect_sending(&self.wire);
+                let connect = self.connector.connect_sending(&request.wire);
                 let (stream, sent) = connected(timeout(self.cfg.connect_timeout, connect).await)?;
                 s.connect = Some(t.elapsed());
+                let stream = Stream::Plain(stream);
                 (Conn { stream, used: 0 }, sent)
+            }
+            // TLS, or hyper: the request waits for the connection (and its handshake).
+            None => {
+                let t = Instant::now();
+                let tcp =
+                    connected(timeout(self.cfg.connect_timeout, self.connector.connect()).await)?;
+                s.connect = Some(t.elapsed());
+                let stream = match &self.tls {
+                    None => Stream::Plain(tcp),
+                    Some(tls) => {
+                        let (stream, handshake) =
+                            timeout(self.cfg.connect_timeout, tls.handshake(tcp))
+                                .await
+                                .map_err(|_| ErrorClass::Timeout)?
+                                .map_err(|e| tls::classify(&e))?;
+                        s.tls = Some(handshake);
+                        Stream::Tls(Box::new(stream))
+                    }
+                };
+                if let Some(req) = &request.hyper {
+                    return hyper_client::exchange(&self.cfg, req, stream, s).await;
+                }
+                (Conn { stream, used: 0 }, 0)
             }
         };
         let response = timeout(self.cfg.request_timeout, async {
             conn.stream
-                .write_all(&self.wire[sent..])
+                .write_all(&request.wire[sent..])
                 .await
-                .map_err(|e| ErrorClass::from_io(&e))?;
-            read_response(&mut conn.stream, buf, self.head, &mut s.first_byte).await
+                .map_err(|e| tls::classify(&e))?;
+            read_response(&mut conn.stream, buf, request.head, &mut s.first_byte).await
         })
         .await
         .map_err(|_| ErrorClass::Timeout)??;
@@ -204,9 +336,11 @@ impl Ctx {
         };
         conn.used += 1;
         let mut fin_missing = false;
-        match self.cfg.mode {
-            // Dropping closes: FIN (client-close), or RST because of SO_LINGER 0 (reset).
-            Mode::ClientClose | Mode::Reset => drop(conn),
+        match request.mode {
+            // Dropping closes: FIN (client-close, after TLS's close_notify), or RST because of
+            // SO_LINGER 0 (reset, with no close_notify: an abort says nothing first).
+            Mode::ClientClose => conn.stream.close_notify().await,
+            Mode::Reset => drop(conn),
             Mode::ServerClose => fin_missing = self.server_fin_missing(&mut conn, buf).await,
             // The server said it closes: let it, so that its FIN comes first, as it meant.
             Mode::KeepAlive if response.close => {
@@ -217,7 +351,9 @@ impl Ctx {
                     .cfg
                     .requests_per_conn
                     .is_some_and(|max| conn.used >= max);
-                if !spent {
+                if spent {
+                    conn.stream.close_notify().await;
+                } else {
                     *slot = Some(conn);
                 }
             }
@@ -228,10 +364,33 @@ impl Ctx {
     /// Waits for the server's FIN under the request timeout; `true` if it never came. A reset
     /// after the response also ended the connection from the server: only a timeout means the
     /// server never closed.
+    /// The end of the run ([`Ctx::cut`]) cuts the wait short, and then the FIN is missing too.
     async fn server_fin_missing(&self, conn: &mut Conn, buf: &mut Vec<u8>) -> bool {
-        let eof = wait_for_fin(&mut conn.stream, buf);
-        timeout(self.cfg.request_timeout, eof).await.is_err()
+        let eof = timeout(
+            self.cfg.request_timeout,
+            wait_for_fin(&mut conn.stream, buf),
+        );
+        tokio::select! {
+            biased;
+            came = eof => came.is_err(),
+            _ = self.cut.wait() => true,
+        }
     }
+}
+
+/// What an attempt cut by the end of the run still completes: what its sockets already hold.
+/// The event loop learns that a socket is readable only when it polls for events, which it
+/// does when it runs out of ready tasks; a cut that comes while it is busy is seen before a
+/// response that arrived meanwhile. Yielding hands the loop that turn first (tokio wakes a
+/// yielded task after polling for events), then one more poll finishes the attempt if nothing
+/// needs waiting for; if something does, the attempt is unfinished.
+async fn last_look<F: Future>(mut attempt: Pin<&mut F>) -> Option<F::Output> {
+    tokio::task::yield_now().await;
+    std::future::poll_fn(|cx| match attempt.as_mut().poll(cx) {
+        Poll::Ready(outcome) => Poll::Ready(Some(outcome)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
 /// The outcome of a connect under its timeout.
@@ -245,6 +404,17 @@ fn connected<T>(
     }
 }
 
+/// Whether the peer has already ended an idle connection: its FIN (or RST) is queued, or it
+/// sent bytes unasked (a server's goodbye such as a 408), after which the connection is no
+/// place for a request either. Looks without waiting: the readiness tokio already has, and
+/// one `MSG_PEEK` read when that says there may be something.
+fn peer_closed(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let mut peeked = tokio::io::ReadBuf::new(&mut byte);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    !stream.poll_peek(&mut cx, &mut peeked).is_pending()
+}
+
 fn is_stale_keepalive(outcome: &Result<bool, ErrorClass>) -> bool {
     matches!(
         outcome,
@@ -252,16 +422,43 @@ fn is_stale_keepalive(outcome: &Result<bool, ErrorClass>) -> bool {
     )
 }
 
-/// One connection before the run, so that a wrong or dead target is one clear error instead of
-/// a run full of ECONNREFUSED.
+/// The run's TLS client, for an https target.
+fn tls_client(cfg: &DriverConfig) -> Result<Option<TlsClient>, DriverError> {
+    cfg.tls
+        .as_ref()
+        .map(|options| TlsClient::new(options, &cfg.target.host))
+        .transpose()
+        .map_err(DriverError::TlsConfig)
+}
+
+/// One connection before the run (with its TLS handshake, for an https target), so that a
+/// wrong or dead target, or a certificate the run would refuse, is one clear error instead of
+/// a run full of ECONNREFUSED or handshake failures.
 pub(crate) async fn preflight(cfg: &DriverConfig) -> Result<(), DriverError> {
+    let tls = tls_client(cfg)?;
     // SO_LINGER 0: the check leaves no TIME_WAIT behind to skew the counts.
     let connector = Connector::new(cfg.target.addr, cfg.source_ips.clone(), true);
     // Closed right away; the server sees a connection with no request, which it tolerates.
-    connected(timeout(cfg.connect_timeout, connector.connect()).await)
-        .map(drop)
-        .map_err(|class| DriverError::Unreachable {
+    let tcp =
+        connected(timeout(cfg.connect_timeout, connector.connect()).await).map_err(|class| {
+            DriverError::Unreachable {
+                addr: cfg.target.addr,
+                class,
+            }
+        })?;
+    let Some(tls) = tls else {
+        return Ok(());
+    };
+    match timeout(cfg.connect_timeout, tls.handshake(tcp)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(source)) => Err(DriverError::Handshake {
             addr: cfg.target.addr,
-            class,
-        })
+            class: tls::classify(&source),
+            source,
+        }),
+        Err(_) => Err(DriverError::HandshakeTimeout {
+            addr: cfg.target.addr,
+            after: cfg.connect_timeout,
+        }),
+    }
 }

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use super::timewait::{count_for, list_time_wait};
 use super::*;
+use crate::diag::timewait::{count_for, list_time_wait};
 use crate::server::{Server, ServerConfig};
 
 fn isolated<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
@@ -175,7 +175,7 @@ fn server_close_after_n_is_followed_in_keep_alive() {
 fn ipv6_and_http_errors_are_counted() {
     let o = isolated("ipv6_and_http_errors_are_counted", || {
         run_against_server("[::1]:0", ServerConfig::default(), |c| {
-            c.request.path = "/status/503".into();
+            c.mix.first_mut().path = "/status/503".into();
             c.requests = Some(50);
         })
     });
@@ -309,7 +309,16 @@ fn bad_config_and_unreachable_target_are_errors() {
         let err = drive(zero_users, Arc::default(), Stop::default())
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("--users"), "{err}");
+        assert!(
+            matches!(
+                err,
+                DriverError::Invalid {
+                    field: Field::Users,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     });
 }
 
@@ -465,4 +474,230 @@ fn a_handshake_that_completes_late_still_carries_the_request() {
     // The retransmitted SYN, not the first one, opened the connection.
     let connect_us = result.histograms.connect.max();
     assert!(connect_us >= 500_000, "connect took {connect_us} µs");
+}
+
+/// 100 ports without tcp_tw_reuse, one event loop: once the ports are spent, the users whose
+/// connect fails must pause, so the ones that still have a request in flight get their answer
+/// when the server gives it (3 ms), not when the failing users are done (the deadline).
+#[test]
+fn failing_connects_leave_the_other_users_their_latency() {
+    if !crate::testing::require_root("failing_connects_leave_the_other_users_their_latency") {
+        return;
+    }
+    let r = crate::testing::in_fresh_netns(|| {
+        crate::kernel::write_sysctl("net.ipv4.ip_local_port_range", "40000 40099").unwrap();
+        crate::kernel::write_sysctl("net.ipv4.tcp_tw_reuse", "0").unwrap();
+        let server = ServerConfig {
+            latency: Duration::from_millis(3),
+            ..ServerConfig::default()
+        };
+        run_against_server("127.0.0.1:0", server, |c| {
+            c.workers = 1;
+            c.requests = None;
+            c.duration = Some(Duration::from_secs(2));
+            c.workload = Workload::Closed {
+                users: 8,
+                think_time: Duration::ZERO,
+            };
+        })
+    })
+    .result;
+    let exhausted = r.errors.get("EADDRNOTAVAIL").copied().unwrap_or(0);
+    assert!(exhausted > 0, "{:?}", r.errors);
+    assert!((90..=100).contains(&r.ok), "ok {}", r.ok);
+    // A failed connect opened no connection.
+    assert_eq!(r.connections_opened, r.ok);
+    let p99 = r.histograms.total.value_at_quantile(0.99);
+    assert!(p99 < 100_000, "p99 {p99} µs for a 3 ms server");
+}
+
+/// A response that is wholly in the socket when the run's end cuts its request is a completed
+/// response, even when the event loop has not yet been told the socket is readable: the cut
+/// comes while the loop is busy (here: a task that blocks it), so the loop's next step is the
+/// woken request, before it looks at its sockets again.
+#[test]
+fn a_response_already_received_at_the_cut_is_ok() {
+    use std::io::{Read, Write};
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (go, answer) = mpsc::channel::<()>();
+    let (written, was_written) = mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut chunk).expect("read request");
+            assert!(n > 0, "EOF before the request");
+            head.extend_from_slice(&chunk[..n]);
+        }
+        answer.recv().expect("go");
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            .expect("write response");
+        written.send(()).expect("written");
+        // No FIN: the client's close (or its end) ends the connection.
+        let _ = conn.read(&mut chunk);
+    });
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stats = rt.block_on(async {
+        let config = DriverConfig::new(
+            Target::from_addr(addr),
+            Mode::ServerClose,
+            Workload::Closed {
+                users: 1,
+                think_time: Duration::ZERO,
+            },
+        );
+        let ctx = Arc::new(
+            task::Ctx::new(
+                config,
+                Arc::new(Live::default()),
+                Stop::default(),
+                Instant::now(),
+            )
+            .expect("ctx"),
+        );
+        let user = tokio::spawn({
+            let ctx = ctx.clone();
+            async move {
+                let (mut slot, mut buf) = (None, Vec::new());
+                ctx.run_one(0, 0, &mut slot, &mut buf, Instant::now(), true)
+                    .await
+            }
+        });
+        // The user connects, sends its request and waits for the response.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Now the loop is busy: the response arrives, then the end of the run.
+        go.send(()).expect("go");
+        was_written.recv().expect("written");
+        // On loopback the bytes are in the client's socket once the write returns; a moment
+        // more for a slow machine.
+        std::thread::sleep(Duration::from_millis(20));
+        ctx.cut.stop();
+        user.await.expect("user task");
+        ctx.recorder.collect()
+    });
+    server.join().expect("server thread");
+    assert_eq!(
+        (stats.ok, stats.unfinished, stats.fin_missing),
+        (1, 0, 1),
+        "(ok, unfinished, server FIN missing)"
+    );
+}
+
+/// A stop wakes its waiters one group after another (a watch channel spreads them over several
+/// notifiers), so a task woken by the first group can poll its other waits before their own
+/// wake-up comes. Those must see the stop all the same: this is the end of a run cutting a
+/// finished exchange whose FIN wait was still asleep, and counting it unfinished.
+#[test]
+fn a_stop_is_seen_by_every_wait_polled_after_it() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Wake, Waker};
+
+    type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+    /// On its first wake, while the stop is still waking the others, polls every wait.
+    struct PollAllOnWake {
+        stop: Stop,
+        waits: Arc<Mutex<Vec<Wait>>>,
+        missed: Arc<AtomicBool>,
+        polled: Arc<AtomicBool>,
+    }
+    impl Wake for PollAllOnWake {
+        fn wake(self: Arc<Self>) {
+            if self.polled.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            assert!(self.stop.is_stopped());
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut waits = self.waits.lock().unwrap();
+            for wait in waits.iter_mut() {
+                if wait.as_mut().poll(&mut cx).is_pending() {
+                    self.missed.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    let stop = Stop::default();
+    // Many waits, so that they are spread over all the channel's notifiers.
+    let waits: Vec<Wait> = (0..64)
+        .map(|_| {
+            let stop = stop.clone();
+            Box::pin(async move { stop.wait().await }) as Wait
+        })
+        .collect();
+    let waits = Arc::new(Mutex::new(waits));
+    let (missed, polled) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let waker = Waker::from(Arc::new(PollAllOnWake {
+        stop: stop.clone(),
+        waits: waits.clone(),
+        missed: missed.clone(),
+        polled: polled.clone(),
+    }));
+    let mut cx = Context::from_waker(&waker);
+    for wait in waits.lock().unwrap().iter_mut() {
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+    }
+    stop.stop();
+    assert!(polled.load(Ordering::SeqCst), "the stop woke no wait");
+    assert!(
+        !missed.load(Ordering::SeqCst),
+        "a wait polled after the stop did not see it"
+    );
+}
+
+/// Validation errors name the configuration field and what is wrong with its value, never a
+/// command-line flag: the command line puts its own flags on them.
+#[test]
+fn validation_errors_name_fields_not_flags() {
+    let target = Target::from_addr(([127, 0, 0, 1], 9).into());
+    let closed = |users| Workload::Closed {
+        users,
+        think_time: Duration::ZERO,
+    };
+    let mut no_workers = DriverConfig::new(target.clone(), Mode::ClientClose, closed(1));
+    no_workers.workers = 0;
+    let mut keep_alive_hyper = DriverConfig::new(target.clone(), Mode::KeepAlive, closed(1));
+    keep_alive_hyper.http_client = HttpClient::Hyper;
+    let mut bad_method = DriverConfig::new(target.clone(), Mode::ClientClose, closed(1));
+    bad_method.mix.first_mut().method = "G T".into();
+    for (config, field, text) in [
+        (
+            no_workers,
+            Some(Field::Workers),
+            "workers must be at least 1",
+        ),
+        (
+            DriverConfig::new(target, Mode::ClientClose, closed(0)),
+            Some(Field::Users),
+            "users must be at least 1",
+        ),
+        (
+            keep_alive_hyper,
+            Some(Field::HttpClient),
+            "http_client hyper is only for connection-per-request modes",
+        ),
+        (bad_method, None, "must be an HTTP token like GET or POST"),
+    ] {
+        let err = validate(&config).unwrap_err();
+        assert_eq!(err.to_string(), text);
+        match (&err, field) {
+            (DriverError::Invalid { field: got, .. }, Some(want)) => assert_eq!(*got, want),
+            (DriverError::Request(RequestError::Method(m)), None) => assert_eq!(m, "G T"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }

@@ -6,13 +6,15 @@
 //!
 //! # Network namespaces
 //!
-//! All the `net.*` sysctls in [`SYSCTLS`] are per network namespace (TIME_WAIT.md §5). Files under
+//! All the `net.*` sysctls in [`SYSCTLS`] are per network namespace (docs/kernel.md §5). Files under
 //! `/proc/sys/net` are looked up in the namespace of the *thread* that opens them (checked on
 //! 6.18: a thread that called `unshare(CLONE_NEWNET)` sees only its own `lo` under
 //! `/proc/sys/net/ipv4/conf` while the main thread still sees the host's interfaces), and there is
 //! no `/proc/thread-self/sys`. So, like [`crate::diag`], every function here reads and writes the
 //! calling thread's namespace; each call opens the file afresh, because an already open fd keeps
 //! the namespace it was opened in. (`/proc/net`, by contrast, follows the process's main thread.)
+
+pub mod tcp;
 
 use std::collections::BTreeMap;
 use std::ffi::CStr;
@@ -192,6 +194,7 @@ pub fn usable_ephemeral_ports() -> Result<u32, KernelError> {
 pub fn release() -> String {
     // SAFETY: utsname is plain old data, all-zero is valid, and uname only writes into it.
     let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is a live, correctly sized utsname for uname to fill.
     if unsafe { libc::uname(&mut uts) } != 0 {
         return "unknown".to_string();
     }
@@ -264,6 +267,14 @@ fn parse_port_list(s: &str) -> Result<Vec<(u16, u16)>, String> {
         out.push((a, b));
     }
     Ok(out)
+}
+
+/// The ephemeral ports of a namespace, as the kernel module parses them.
+#[derive(serde::Serialize, Clone, Copy, Debug, PartialEq)]
+pub struct Ports {
+    pub range: PortRange,
+    /// Range size minus reserved ports inside it.
+    pub usable: u32,
 }
 
 /// Ports of `range` not covered by any of the `reserved` ranges (which may overlap).

@@ -40,6 +40,8 @@ pub fn socket_offsets(btf: &Btf) -> Result<Offsets, ProbeError> {
         net_inum: offset(btf, "net", "ns.inum")?,
         sk_protocol: offset(btf, "sock", "sk_protocol")?,
         inet_sport: offset(btf, "inet_sock", "inet_sport")?,
+        tcp_write_seq: offset(btf, "tcp_sock", "write_seq")?,
+        tcp_snd_nxt: offset(btf, "tcp_sock", "snd_nxt")?,
         ..Offsets::default()
     })
 }
@@ -206,8 +208,12 @@ fn strip(btf: &Btf, mut ty: Type) -> Result<Type, ProbeError> {
     }
 }
 
-fn btf_err(e: impl std::fmt::Display) -> ProbeError {
-    ProbeError::Btf(e.to_string())
+/// A type lookup in the kernel's BTF (always [`VMLINUX_BTF`]) failed.
+fn btf_err(source: btf_rs::Error) -> ProbeError {
+    ProbeError::BtfRead {
+        path: VMLINUX_BTF,
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -218,7 +224,7 @@ mod tests {
         Btf::from_file(VMLINUX_BTF).ok()
     }
 
-    /// Checked against `bpftool btf dump` on 6.18 (see shared/kernel/TIME_WAIT.md section 4):
+    /// Checked against `bpftool btf dump` on 6.18 (docs/kernel.md §4):
     /// the resolver must find members inside anonymous unions and nested structs.
     #[test]
     fn resolves_nested_and_anonymous_members() {
@@ -263,7 +269,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "kernel type information (BTF): tracepoint timer_cancel passes (struct timer_list *), \
-             the probe expects (struct sock *, ...)"
+             the probe expects (struct sock *, ...); run `loadprobe doctor`"
         );
         assert!(tracepoint_args(&btf, "no_such_tracepoint").is_err());
     }

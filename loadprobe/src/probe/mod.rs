@@ -7,6 +7,7 @@
 
 pub mod btf;
 pub mod event;
+pub mod read_loop;
 pub mod session;
 pub mod summary;
 pub mod track;
@@ -21,7 +22,8 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::RawTracePoint,
 };
-use loadprobe_common::{Config, Event, INLINE_PORTS, floor, port_filter};
+use aya_log::EbpfLogger;
+use loadprobe_common::{Config, Event, INLINE_PORTS, floor, port_filter, program};
 
 /// The compiled eBPF object, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loadprobe"));
@@ -45,19 +47,89 @@ const TIMER_PROGRAMS: &[(&str, &str, bool)] = &[
     ("timer_expire_entry", "timer_expire_entry", true),
 ];
 
-/// Why the probe could not start.
+/// What every message of a probe that could not start ends with: `doctor` checks each thing
+/// the probe needs on this kernel, one line each with its fix.
+pub const RUN_DOCTOR: &str = "run `loadprobe doctor`";
+
+/// Why the probe could not start. The kernel's and aya's errors are kept as sources: the
+/// one-line message is the chain (`anyhow`'s `{:#}`, [`crate::error_chain::one_line`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("the eBPF probe needs root, or CAP_BPF and CAP_PERFMON ({0})")]
-    Privileges(String),
-    #[error("kernel type information (BTF): {0}")]
+    /// Found from CapEff before asking the kernel anything.
+    #[error(
+        "the eBPF probe needs root, or CAP_BPF and CAP_PERFMON (this process has neither); \
+         {RUN_DOCTOR}"
+    )]
+    NoCapabilities,
+    /// The kernel answered EPERM although the capabilities looked right (a user namespace,
+    /// a seccomp or LSM policy, a lockdown).
+    #[error(
+        "the eBPF probe needs root, or CAP_BPF and CAP_PERFMON: the kernel refused {step} \
+         ({RUN_DOCTOR})"
+    )]
+    Denied {
+        step: String,
+        #[source]
+        source: Box<AyaError>,
+    },
+    #[error("kernel type information (BTF): {0}; {RUN_DOCTOR}")]
     Btf(String),
-    #[error("loading the eBPF programs failed: {0}")]
-    Load(String),
-    #[error("attaching to tracepoint {0} failed: {1}")]
-    Attach(&'static str, String),
-    #[error("reading the probe's events failed: {0}")]
-    Read(std::io::Error),
+    #[error("reading kernel type information (BTF) from {path} failed ({RUN_DOCTOR})")]
+    BtfRead {
+        path: &'static str,
+        #[source]
+        source: btf_rs::Error,
+    },
+    #[error("loading the eBPF programs failed at {step} ({RUN_DOCTOR})")]
+    Load {
+        step: String,
+        #[source]
+        source: Box<AyaError>,
+    },
+    /// The embedded object lacks a program or map this loader expects: a build mismatch.
+    #[error("the eBPF object has no {0}; {RUN_DOCTOR}")]
+    Missing(String),
+    #[error("attaching to tracepoint {tracepoint} failed ({RUN_DOCTOR})")]
+    Attach {
+        tracepoint: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("reading the probe's events failed")]
+    Read(#[source] std::io::Error),
+}
+
+/// The aya errors loading the probe can meet, kept whole.
+#[derive(Debug, thiserror::Error)]
+pub enum AyaError {
+    #[error(transparent)]
+    Ebpf(#[from] aya::EbpfError),
+    #[error(transparent)]
+    Program(#[from] aya::programs::ProgramError),
+    #[error(transparent)]
+    Map(#[from] aya::maps::MapError),
+    #[error(transparent)]
+    Log(#[from] aya_log::Error),
+}
+
+impl ProbeError {
+    /// `step` failed with `source`: [`ProbeError::Denied`] when the kernel said EPERM, else
+    /// [`ProbeError::Load`].
+    fn load(step: impl Into<String>, source: impl Into<AyaError>) -> ProbeError {
+        let step = step.into();
+        let source = Box::new(source.into());
+        let errno = crate::error_chain::io_error(&*source).and_then(std::io::Error::raw_os_error);
+        if errno == Some(libc::EPERM) {
+            ProbeError::Denied { step, source }
+        } else {
+            ProbeError::Load { step, source }
+        }
+    }
+
+    /// Whether the kernel refused for lack of privileges (before or while loading).
+    pub fn needs_privileges(&self) -> bool {
+        matches!(self, ProbeError::NoCapabilities | ProbeError::Denied { .. })
+    }
 }
 
 /// Which network namespace the kernel side keeps events for.
@@ -74,6 +146,10 @@ pub struct ProbeOptions {
     pub netns: Netns,
     /// Keep only connections with either end's port in this set; empty = every port.
     pub ports: Vec<u16>,
+    /// Keep only the connections this process (pid) opens, and the server's ends of them on
+    /// this host: a run counts its own connections whatever else talks to the same target.
+    /// `None`: every connection (trace).
+    pub owner: Option<u32>,
     /// Follow timewait sockets through their timer (issue: the heart of the product); off only
     /// for benchmarks of the state events alone.
     pub timewait: bool,
@@ -84,6 +160,9 @@ pub struct ProbeOptions {
     /// Stop the programs early, to measure what the probe costs before its own work
     /// (`Config::floor`); `None` for the probe itself.
     pub floor: Option<Floor>,
+    /// Show the programs' own descriptions of rare anomalies (a failed kernel read: which
+    /// program, which field) on stderr (`--probe-log`). Off, they cost nothing.
+    pub log: bool,
 }
 
 /// Where [`ProbeOptions::floor`] stops the programs.
@@ -109,6 +188,9 @@ pub struct Probe {
     _ebpf: Ebpf,
     events: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
+    read_errors: PerCpuArray<MapData, u64>,
+    /// With [`ProbeOptions::log`]: the programs' messages, read at each drain.
+    log: Option<EbpfLogger<ProgramLog>>,
     /// The attached programs whose skips lose events, to ask the kernel how often it skipped
     /// them.
     program_fds: Vec<std::os::fd::OwnedFd>,
@@ -119,13 +201,26 @@ pub struct Probe {
 impl Probe {
     pub fn attach(options: &ProbeOptions) -> Result<Probe, ProbeError> {
         check_privileges()?;
-        let btf = btf_rs::Btf::from_file(btf::VMLINUX_BTF)
-            .map_err(|e| ProbeError::Btf(format!("{}: {e}", btf::VMLINUX_BTF)))?;
+        let btf =
+            btf_rs::Btf::from_file(btf::VMLINUX_BTF).map_err(|source| ProbeError::BtfRead {
+                path: btf::VMLINUX_BTF,
+                source,
+            })?;
         let mut offsets = btf::socket_offsets(&btf)?;
+        // A test hook, in debug builds only: a wrong offset for `skc_net` makes the programs
+        // read a wrong namespace pointer and fail to read through it, as a BTF offset that does
+        // not fit the kernel would. The tests check that such failures are counted and told.
+        #[cfg(debug_assertions)]
+        if let Some(at) = std::env::var("LOADPROBE_TEST_SKC_NET_OFFSET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            offsets.skc_net = at;
+        }
         // TIME_WAIT tracking is optional: without it the probe still proves who closed.
         let timewait = if options.timewait {
             btf::timewait_offsets(&btf, &mut offsets)
-                .map_err(|e| e.to_string())
+                .map_err(|e| crate::error_chain::one_line(&e))
                 .and_then(|()| kallsyms("tw_timer_handler"))
         } else {
             Err("turned off".to_string())
@@ -134,9 +229,22 @@ impl Probe {
             Netns::Current => current_netns().map_err(ProbeError::Read)?,
             Netns::All => 0,
         };
+        // The owner's id is the one of its own PID namespace (a container's is not the kernel's
+        // global id): the programs compare it there.
+        let (owner_pidns_dev, owner_pidns_ino) = match options.owner {
+            Some(_) => {
+                use std::os::unix::fs::MetadataExt;
+                let ns = std::fs::metadata("/proc/self/ns/pid").map_err(ProbeError::Read)?;
+                (ns.dev(), ns.ino())
+            }
+            None => (0, 0),
+        };
         let mut config = Config {
             tw_timer_handler: *timewait.as_ref().unwrap_or(&0),
             netns,
+            owner: options.owner.unwrap_or(0),
+            owner_pidns_dev,
+            owner_pidns_ino,
             records: options.records.into(),
             floor: match options.floor {
                 None => floor::NONE,
@@ -158,20 +266,35 @@ impl Probe {
             }
             _ => port_filter::MAP,
         };
+        // aya-log's level, in the programs' read-only data: at 0 the verifier drops every
+        // message as dead code.
+        let log_level = if options.log {
+            aya_log::Level::Trace as u8
+        } else {
+            0
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
+            .override_global(aya_log::LEVEL, &log_level, true)
             .load(EBPF_OBJECT)
-            .map_err(|e| load_error(&e))?;
+            .map_err(|e| ProbeError::load("the eBPF object", e))?;
+        let log = if options.log {
+            let logger = EbpfLogger::init_with_logger(&mut ebpf, ProgramLog)
+                .map_err(|e| ProbeError::load("the programs' log", e))?;
+            Some(logger)
+        } else {
+            None
+        };
 
         if config.port_filter == port_filter::MAP {
             let mut map: HashMap<_, u16, u8> = HashMap::try_from(
                 ebpf.map_mut("PORTS")
-                    .ok_or_else(|| ProbeError::Load("no PORTS map".into()))?,
+                    .ok_or_else(|| ProbeError::Missing("PORTS map".into()))?,
             )
-            .map_err(|e| ProbeError::Load(e.to_string()))?;
+            .map_err(|e| ProbeError::load("map PORTS", e))?;
             for port in &ports {
                 map.insert(port, 1, 0)
-                    .map_err(|e| ProbeError::Load(e.to_string()))?;
+                    .map_err(|e| ProbeError::load("map PORTS", e))?;
             }
         }
 
@@ -186,31 +309,42 @@ impl Probe {
         {
             let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
-                .ok_or_else(|| ProbeError::Load(format!("program {name} missing")))?
+                .ok_or_else(|| ProbeError::Missing(format!("program {name}")))?
                 .try_into()
-                .map_err(|e: aya::programs::ProgramError| ProbeError::Load(e.to_string()))?;
-            program.load().map_err(|e| load_error(&e))?;
+                .map_err(|e: aya::programs::ProgramError| {
+                    ProbeError::load(format!("program {name}"), e)
+                })?;
             program
-                .attach(tracepoint)
-                .map_err(|e| ProbeError::Attach(name, error_chain(&e)))?;
+                .load()
+                .map_err(|e| ProbeError::load(format!("program {name}"), e))?;
+            program.attach(tracepoint).map_err(|e| ProbeError::Attach {
+                tracepoint,
+                source: Box::new(e),
+            })?;
             if skips_lose_events {
-                let fd = program.fd().map_err(|e| ProbeError::Load(e.to_string()))?;
+                let fd = program
+                    .fd()
+                    .map_err(|e| ProbeError::load(format!("program {name}"), e))?;
                 program_fds.push(fd.as_fd().try_clone_to_owned().map_err(ProbeError::Read)?);
             }
         }
 
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
-                .ok_or_else(|| ProbeError::Load(format!("no {name} map")))
+                .ok_or_else(|| ProbeError::Missing(format!("{name} map")))
         };
         let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
-            .map_err(|e| ProbeError::Load(e.to_string()))?;
+            .map_err(|e| ProbeError::load("map EVENTS", e))?;
         let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)
-            .map_err(|e| ProbeError::Load(e.to_string()))?;
+            .map_err(|e| ProbeError::load("map LOST", e))?;
+        let read_errors = PerCpuArray::try_from(take(&mut ebpf, "READ_ERRORS")?)
+            .map_err(|e| ProbeError::load("map READ_ERRORS", e))?;
         Ok(Probe {
             _ebpf: ebpf,
             events,
             lost,
+            read_errors,
+            log,
             program_fds,
             netns,
             timewait: timewait.map(|_| ()),
@@ -245,6 +379,9 @@ impl Probe {
                 each(&event);
             }
         }
+        if let Some(log) = &mut self.log {
+            log.flush();
+        }
         upto
     }
 
@@ -256,12 +393,96 @@ impl Probe {
             .unwrap_or(0)
     }
 
+    /// Failed kernel reads (`bpf_probe_read_kernel`) per program, in [`program`]'s slots: each
+    /// dropped the event it was for. Never expected; a BTF offset that does not fit the running
+    /// kernel would show here.
+    pub fn read_errors_by_program(&self) -> [u64; program::COUNT as usize] {
+        let mut counts = [0; program::COUNT as usize];
+        for (slot, count) in (0..program::COUNT).zip(&mut counts) {
+            *count = self
+                .read_errors
+                .get(&slot, 0)
+                .map_or(0, |per_cpu| per_cpu.iter().sum());
+        }
+        counts
+    }
+
+    /// All failed kernel reads (see [`Probe::read_errors_by_program`]).
+    pub fn read_errors(&self) -> u64 {
+        self.read_errors_by_program().iter().sum()
+    }
+
     /// Tracepoint hits the kernel skipped because the same program was already running on that
     /// CPU (an interrupt arriving in the middle of it whose handler hit the same tracepoint):
     /// raw tracepoint programs do not nest into themselves. An upper bound on events missed: the
     /// timer programs also count skipped hits of timers that are not timewait timers.
     pub fn skipped_events(&self) -> u64 {
         self.program_fds.iter().map(recursion_misses).sum()
+    }
+}
+
+/// Writes the programs' aya-log messages to stderr, one line each.
+struct ProgramLog;
+
+impl log::Log for ProgramLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        eprintln!("loadprobe: probe log: {}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+/// What lost events make uncertain: everything counted from the probe's events.
+pub const LOSS_UNCERTAIN: &str = "closers, mismatches and TIME_WAIT/FIN_WAIT2 counts may be short";
+
+/// Tells, once a second or so, when the probe has lost events or failed to read the kernel
+/// since it last said so: either is reported as it happens, not only in the final summary.
+#[derive(Debug, Default)]
+pub struct LossWatch {
+    reported: u64,
+    read_errors: u64,
+}
+
+impl LossWatch {
+    /// A warning if `probe` lost events or failed reads since the last one.
+    pub fn check(&mut self, probe: &Probe) -> Option<String> {
+        self.check_counts(probe.lost_events(), probe.read_errors_by_program())
+    }
+
+    fn check_counts(
+        &mut self,
+        lost: u64,
+        read_errors: [u64; program::COUNT as usize],
+    ) -> Option<String> {
+        let mut warnings = Vec::new();
+        if lost > self.reported {
+            self.reported = lost;
+            warnings.push(format!(
+                "the probe has lost {lost} events (its ring buffer was full: the reader fell \
+                 behind)"
+            ));
+        }
+        let failed: u64 = read_errors.iter().sum();
+        if failed > self.read_errors {
+            self.read_errors = failed;
+            let programs: Vec<String> = program::TRACEPOINTS
+                .iter()
+                .zip(read_errors)
+                .filter(|&(_, n)| n > 0)
+                .map(|(tracepoint, n)| format!("{tracepoint} {n}"))
+                .collect();
+            warnings.push(format!(
+                "{failed} kernel reads of the probe failed ({}), each dropping its event: the \
+                 kernel's layout may not be what its BTF said",
+                programs.join(", ")
+            ));
+        }
+        (!warnings.is_empty())
+            .then(|| format!("warning: {}; {LOSS_UNCERTAIN}", warnings.join("; ")))
     }
 }
 
@@ -302,26 +523,17 @@ pub fn current_netns() -> std::io::Result<u32> {
 }
 
 /// Fails early with a clear message instead of an EPERM from deep inside the loader.
-fn check_privileges() -> Result<(), ProbeError> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |cap: u32| effective & (1 << cap) != 0;
+pub fn check_privileges() -> Result<(), ProbeError> {
+    use crate::privileges::{CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, has_cap as has};
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         Ok(())
     } else {
-        Err(ProbeError::Privileges("this process has neither".into()))
+        Err(ProbeError::NoCapabilities)
     }
 }
 
 /// Address of a kernel symbol (static functions included) from /proc/kallsyms.
-fn kallsyms(symbol: &str) -> Result<u64, String> {
+pub fn kallsyms(symbol: &str) -> Result<u64, String> {
     let text =
         std::fs::read_to_string("/proc/kallsyms").map_err(|e| format!("/proc/kallsyms: {e}"))?;
     text.lines()
@@ -335,22 +547,57 @@ fn kallsyms(symbol: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("kernel symbol {symbol} not found in /proc/kallsyms"))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aya::{programs::ProgramError, sys::SyscallError};
 
-fn load_error(e: &dyn std::error::Error) -> ProbeError {
-    let text = error_chain(e);
-    if text.contains("Operation not permitted") {
-        ProbeError::Privileges(text)
-    } else {
-        ProbeError::Load(text)
+    fn syscall_failed(errno: i32) -> ProgramError {
+        ProgramError::SyscallError(SyscallError {
+            call: "bpf_prog_load",
+            io_error: std::io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    /// EPERM is told by its errno, whatever the message says; the source stays reachable.
+    #[test]
+    fn eperm_is_a_privilege_error_other_errnos_a_load_error() {
+        let denied = ProbeError::load("program p", syscall_failed(libc::EPERM));
+        assert!(denied.needs_privileges(), "{denied:?}");
+        let errno = crate::error_chain::io_error(&denied).and_then(std::io::Error::raw_os_error);
+        assert_eq!(errno, Some(libc::EPERM));
+
+        let rejected = ProbeError::load("program p", syscall_failed(libc::EINVAL));
+        assert!(!rejected.needs_privileges(), "{rejected:?}");
+        assert_eq!(
+            crate::error_chain::one_line(&rejected),
+            "loading the eBPF programs failed at program p (run `loadprobe doctor`): \
+             `bpf_prog_load` failed: Invalid argument (os error 22)"
+        );
+    }
+
+    #[test]
+    fn failed_reads_are_summed_named_by_program_and_warned_once() {
+        let mut watch = LossWatch::default();
+        assert_eq!(watch.check_counts(0, [0; 6]), None);
+        let warning = watch.check_counts(0, [2, 0, 0, 1, 0, 0]).unwrap();
+        assert!(
+            warning.contains("3 kernel reads of the probe failed")
+                && warning.contains("(inet_sock_set_state 2, timer_start 1)")
+                && !warning.contains("lost"),
+            "{warning}"
+        );
+        // Nothing new, nothing said; then a loss alone.
+        assert_eq!(watch.check_counts(0, [2, 0, 0, 1, 0, 0]), None);
+        let warning = watch.check_counts(5, [2, 0, 0, 1, 0, 0]).unwrap();
+        assert!(
+            warning.contains("lost 5 events") && !warning.contains("reads"),
+            "{warning}"
+        );
+        let both = watch.check_counts(6, [2, 0, 0, 1, 0, 4]).unwrap();
+        assert!(
+            both.contains("lost 6 events") && both.contains("7 kernel reads"),
+            "{both}"
+        );
     }
 }

@@ -9,19 +9,11 @@ use std::time::{Duration, Instant};
 use loadprobe_common::Event;
 use serde::{Deserialize, Serialize};
 
+use super::read_loop::{Reader, Watch};
 use super::summary::Summary;
-use super::track::{Side, Totals, Tracker};
+use super::track::{Totals, Tracker};
 use super::{Probe, ProbeError, ProbeOptions};
-use crate::driver::Live;
-
-/// TIME_WAIT sockets alive per side at one moment of a run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimeWaitPoint {
-    /// Milliseconds since the run started.
-    pub t_ms: u64,
-    pub client: u64,
-    pub server: u64,
-}
+use crate::model::{Live, Side, TimeWaitPoint};
 
 /// What the probe saw during a run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -36,18 +28,30 @@ pub struct Session {
     thread: JoinHandle<Result<SessionReport, ProbeError>>,
 }
 
-/// After the load stops, the last connections still close (and their events still arrive).
-const SETTLE: Duration = Duration::from_millis(300);
+/// After the load stops, the last connections still close (and their events still arrive):
+/// the session reads on until every end it saw has closed, at least [`SETTLE_MIN`] (events
+/// already in the kernel's hands) and at most [`SETTLE_MAX`] (an end that never closes, such as
+/// a hung server's, must not hold the run). A fixed wait was too short on a busy machine, where
+/// the peer's close lands late and the connection's closer would read `unknown`.
+const SETTLE_MIN: Duration = Duration::from_millis(100);
+const SETTLE_MAX: Duration = Duration::from_millis(1500);
 
 impl Session {
     /// Attaches the probe (errors, e.g. missing privileges, surface here) and starts reading.
     ///
     /// The session keeps the run's live TIME_WAIT counts (`tw_client`, `tw_server`) current
     /// when it tracks timewait sockets ([`Session::tracks_timewait`]), and takes the start of
-    /// the measured window from `window_start_ns` once the warmup is over: the report's counts (closers, TIME_WAIT entered and ended, lifetimes, peaks) cover
-    /// what happened from then on, like the driver's own figures; the TIME_WAIT timeline
-    /// covers the whole run.
-    pub fn start(options: &ProbeOptions, live: Arc<Live>) -> Result<Session, ProbeError> {
+    /// the measured window from `window_start_ns` once the warmup is over: the report's counts
+    /// (closers, TIME_WAIT entered and ended, lifetimes, peaks) cover what happened from then
+    /// on, like the driver's own figures (none, when the run stopped during its warmup); the
+    /// TIME_WAIT timeline covers the whole run.
+    ///
+    /// `warn` gets a line when the probe loses events, as it happens.
+    pub fn start(
+        options: &ProbeOptions,
+        live: Arc<Live>,
+        warn: Box<dyn Fn(&str) + Send>,
+    ) -> Result<Session, ProbeError> {
         let probe = Probe::attach(options)?;
         let tracks_timewait = probe.timewait_unavailable().is_none();
         let stop = Arc::new(AtomicBool::new(false));
@@ -55,7 +59,7 @@ impl Session {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("loadprobe-probe".into())
-                .spawn(move || read(probe, tracks_timewait, &stop, &live))
+                .spawn(move || read(probe, tracks_timewait, &stop, &live, &*warn))
                 .map_err(ProbeError::Read)?
         };
         Ok(Session {
@@ -70,7 +74,7 @@ impl Session {
         self.tracks_timewait
     }
 
-    /// Stops reading (after a short settle so that the last closes are seen) and reports.
+    /// Stops reading (once the last closes are seen, see [`SETTLE_MAX`]) and reports.
     pub fn finish(self) -> Result<SessionReport, ProbeError> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread
@@ -80,65 +84,99 @@ impl Session {
 }
 
 fn read(
-    mut probe: Probe,
+    probe: Probe,
     tracks_timewait: bool,
     stop: &AtomicBool,
     live: &Live,
+    warn: &dyn Fn(&str),
 ) -> Result<SessionReport, ProbeError> {
-    let mut tracker = Tracker::new(tracks_timewait).records_at_close();
-    // The totals at the start of the measured window, taken at the first event at or after it.
-    let mut warmup: Option<Totals> = None;
-    let mut event = |tracker: &mut Tracker, e: &Event| {
-        if warmup.is_none() {
-            let at = live.window_start_ns.load(Ordering::Relaxed);
+    let mut reader = Reader::new(probe, Tracker::new(tracks_timewait).records_at_close());
+    let mut watch = RunWatch {
+        tracks_timewait,
+        stop,
+        live,
+        warn,
+        warmup: None,
+        started: Instant::now(),
+        timeline: Vec::new(),
+        next_second: Duration::from_secs(1),
+        stopping: None,
+    };
+    reader.run(&mut watch)?;
+    // The window never started (the run stopped during its warmup), or nothing happened in it:
+    // its counts are nothing, like the driver's, not the warmup's.
+    let before = match watch.warmup {
+        Some(before) => before,
+        None => reader.tracker_mut().mark(),
+    };
+    Ok(SessionReport {
+        summary: reader.summary(Some(&before)),
+        time_wait_timeline: watch.timeline,
+    })
+}
+
+/// What a run's session does as the probe is read: live TIME_WAIT counts, the timeline, the
+/// start of the measured window, and the settling after the load stops.
+struct RunWatch<'a> {
+    tracks_timewait: bool,
+    stop: &'a AtomicBool,
+    live: &'a Live,
+    warn: &'a dyn Fn(&str),
+    /// The totals at the start of the measured window, taken at the first event at or after it.
+    warmup: Option<Totals>,
+    started: Instant,
+    timeline: Vec<TimeWaitPoint>,
+    next_second: Duration,
+    stopping: Option<Instant>,
+}
+
+impl Watch for RunWatch<'_> {
+    type Error = ProbeError;
+
+    fn event(&mut self, tracker: &mut Tracker, e: &Event) {
+        if self.warmup.is_none() {
+            let at = self.live.window_start_ns.load(Ordering::Relaxed);
             if at != 0 && e.ts_ns >= at {
-                warmup = Some(tracker.mark());
+                self.warmup = Some(tracker.mark());
             }
         }
         tracker.event(e);
-    };
-    let started = Instant::now();
-    let mut timeline = Vec::new();
-    let mut next_second = Duration::from_secs(1);
-    let mut stopping: Option<Instant> = None;
-    loop {
-        let upto = probe.poll(Probe::DRAIN_EVERY, |e| event(&mut tracker, e));
-        tracker.tick(upto);
-        tracker.drain().for_each(drop);
+    }
+
+    fn step(&mut self, reader: &mut Reader) -> Result<bool, ProbeError> {
+        let tracker = reader.tracker();
         let totals = tracker.totals();
         let current = |s: Side| totals.time_wait.get(&s).map_or(0, |t| t.current);
-        if tracks_timewait {
-            live.tw_client
+        let fin_wait2 = |s: Side| totals.fin_wait2.get(&s).map_or(0, |t| t.current);
+        if self.tracks_timewait {
+            self.live
+                .tw_client
                 .store(current(Side::Client), Ordering::Relaxed);
-            live.tw_server
+            self.live
+                .tw_server
                 .store(current(Side::Server), Ordering::Relaxed);
         }
-        if started.elapsed() >= next_second {
-            timeline.push(TimeWaitPoint {
-                t_ms: started.elapsed().as_millis() as u64,
+        if self.started.elapsed() >= self.next_second {
+            self.timeline.push(TimeWaitPoint {
+                t_ms: self.started.elapsed().as_millis() as u64,
                 client: current(Side::Client),
                 server: current(Side::Server),
+                fin_wait2_client: Some(fin_wait2(Side::Client)),
+                fin_wait2_server: Some(fin_wait2(Side::Server)),
             });
-            next_second += Duration::from_secs(1);
+            self.next_second += Duration::from_secs(1);
         }
-        if stop.load(Ordering::Relaxed) {
-            let since = *stopping.get_or_insert_with(Instant::now);
-            if since.elapsed() >= SETTLE {
-                break;
+        if self.stop.load(Ordering::Relaxed) {
+            let since = *self.stopping.get_or_insert_with(Instant::now);
+            let settled = since.elapsed() >= SETTLE_MIN && tracker.open_ends() == 0;
+            if settled || since.elapsed() >= SETTLE_MAX {
+                return Ok(false);
             }
         }
+        Ok(true)
     }
-    let upto = probe.poll(Duration::ZERO, |e| event(&mut tracker, e));
-    tracker.flush(upto);
-    tracker.drain().for_each(drop);
-    let totals = match &warmup {
-        Some(before) => tracker.totals().since(before),
-        None => tracker.totals().clone(),
-    };
-    let mut summary = Summary::new(&totals, probe.lost_events(), probe.timewait_unavailable());
-    summary.skipped_events = probe.skipped_events();
-    Ok(SessionReport {
-        summary,
-        time_wait_timeline: timeline,
-    })
+
+    fn lost(&mut self, warning: &str) {
+        (self.warn)(warning);
+    }
 }

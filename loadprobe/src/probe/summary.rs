@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::track::{Closer, Side, Totals, TwSideStats};
+use super::track::{Totals, TwSideStats};
+use crate::model::{Closer, Side};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
@@ -36,9 +37,15 @@ pub struct SideSummary {
     pub peak: u64,
     pub expired: u64,
     pub reused: u64,
+    /// Older timewait sockets (not seen created) these connections took over.
+    #[serde(default)]
+    pub reused_older: u64,
     pub killed: u64,
     pub overflow: u64,
     pub open: u64,
+    /// FIN_WAIT2 only: moved on to TIME_WAIT when the peer's FIN arrived (0 for TIME_WAIT).
+    #[serde(default)]
+    pub to_time_wait: u64,
     pub duration_ms: Percentiles,
 }
 
@@ -49,9 +56,11 @@ impl From<&TwSideStats> for SideSummary {
             peak: s.peak,
             expired: s.expired,
             reused: s.reused,
+            reused_older: s.reused_older,
             killed: s.killed,
             overflow: s.overflow,
             open: s.open,
+            to_time_wait: s.to_time_wait,
             duration_ms: Percentiles::of(&s.durations_ms.0),
         }
     }
@@ -64,10 +73,21 @@ pub struct TimeWaitSummary {
     pub available: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable_reason: Option<String>,
+    /// Timewait sockets in the TIME_WAIT substate.
     pub client: SideSummary,
     pub server: SideSummary,
+    /// Timewait sockets in the FIN_WAIT2 substate (orphans of a close whose peer had not sent
+    /// its FIN), counted apart as `ss` shows them apart.
+    #[serde(default)]
+    pub fin_wait2: FinWait2Summary,
     /// Timewait sockets of connections the probe did not see open.
     pub unmatched: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FinWait2Summary {
+    pub client: SideSummary,
+    pub server: SideSummary,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -81,6 +101,10 @@ pub struct Summary {
     /// bound, see `Probe::skipped_events`); set by the caller, which owns the probe.
     #[serde(default)]
     pub skipped_events: u64,
+    /// Kernel reads that failed, each dropping its event (see `Probe::read_errors`); set by
+    /// the caller, which owns the probe.
+    #[serde(default)]
+    pub read_errors: u64,
     pub time_wait: TimeWaitSummary,
 }
 
@@ -95,23 +119,24 @@ impl Summary {
                 )
             })
             .collect();
-        let side = |s: Side| {
-            totals
-                .time_wait
-                .get(&s)
-                .map(SideSummary::from)
-                .unwrap_or_default()
+        let side = |group: &BTreeMap<Side, TwSideStats>, s: Side| {
+            group.get(&s).map(SideSummary::from).unwrap_or_default()
         };
         Summary {
             connections: closer.values().sum(),
             closer,
             lost_events,
             skipped_events: 0,
+            read_errors: 0,
             time_wait: TimeWaitSummary {
                 available: timewait_unavailable.is_none(),
                 unavailable_reason: timewait_unavailable.map(str::to_string),
-                client: side(Side::Client),
-                server: side(Side::Server),
+                client: side(&totals.time_wait, Side::Client),
+                server: side(&totals.time_wait, Side::Server),
+                fin_wait2: FinWait2Summary {
+                    client: side(&totals.fin_wait2, Side::Client),
+                    server: side(&totals.fin_wait2, Side::Server),
+                },
                 unmatched: totals.time_wait_unmatched,
             },
         }

@@ -2,8 +2,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::driver::timewait::{TwCount, TwObserved, TwPoint};
-use crate::driver::{DriverConfig, Histograms, Mode, Second, Target};
+use crate::diag::timewait::{TwCount, TwObserved};
+use crate::driver::errors::ErrorClass;
+use crate::model::TimeWaitPoint;
+
+use crate::driver::{DriverConfig, Histograms, Second, Target};
+use crate::model::Mode;
+use crate::report::sample;
 
 fn driver_result() -> DriverResult {
     let mut histograms = Histograms::new();
@@ -14,8 +19,6 @@ fn driver_result() -> DriverResult {
         histograms.first_byte.record(v / 2).unwrap();
     }
     DriverResult {
-        started_at: SystemTime::now(),
-        elapsed: Duration::from_secs(2),
         total: 5,
         ok: 4,
         errors: BTreeMap::from([("EADDRNOTAVAIL".to_string(), 1)]),
@@ -24,17 +27,17 @@ fn driver_result() -> DriverResult {
         timeline: vec![
             Second {
                 ok: 3,
-                errors: 0,
                 connections: 3,
+                ..Second::default()
             },
             Second {
                 ok: 1,
                 errors: 1,
+                errors_by_class: BTreeMap::from([(ErrorClass::Errno(libc::EADDRNOTAVAIL), 1)]),
                 connections: 1,
             },
         ],
-        server_fin_missing: 0,
-        interrupted: false,
+        ..sample::driver_result(SystemTime::now(), Duration::from_secs(2))
     }
 }
 
@@ -56,10 +59,11 @@ fn record(probe: ProbeReport) -> RunRecord {
             open: 3,
         },
         server: TwCount::default(),
-        timeline: vec![TwPoint {
+        timeline: vec![TimeWaitPoint {
             t_ms: 1000,
             client: 3,
             server: 0,
+            ..TimeWaitPoint::default()
         }],
         error: None,
     };
@@ -76,8 +80,10 @@ fn record(probe: ProbeReport) -> RunRecord {
         target: config.target.addr,
         sysctls: &kernel.sysctls,
         eaddrnotavail: 1,
+        client_fin_wait2_share: 0.0,
     });
     RunRecord::build(RecordInputs {
+        segment: None,
         config: RunConfig::new(&config, true),
         driver: &d,
         sampled: Some(&sampled),
@@ -140,11 +146,23 @@ fn record_has_the_contract_keys() {
     assert_eq!(at("probe.attached"), false);
     assert_eq!(at("probe.lost_events"), serde_json::Value::Null);
     assert_eq!(at("probe.skipped_events"), serde_json::Value::Null);
+    assert_eq!(at("probe.read_errors"), serde_json::Value::Null);
     assert_eq!(at("probe.reason"), "needs root");
     assert_eq!(at("kernel.release"), "6.18.0");
     assert_eq!(at("kernel.sysctls")["net.ipv4.tcp_tw_reuse"], "2");
     at("port_budget.verdict");
     assert_eq!(at("throughput.timeline").as_array().unwrap().len(), 2);
+    // Each second's errors by class, by the names `requests.errors` uses.
+    assert_eq!(
+        at("throughput.timeline")[1]["error_classes"],
+        serde_json::json!({"EADDRNOTAVAIL": 1})
+    );
+    assert_eq!(
+        at("throughput.timeline")[0]["error_classes"],
+        serde_json::json!({})
+    );
+    // Sampling cannot tell FIN_WAIT2 from TIME_WAIT: the split is absent, not 0.
+    assert_eq!(at("time_wait.timeline")[0].get("fin_wait2_client"), None);
 
     // Histograms round-trip, so records can be merged.
     let h = decode_histogram(&r.histograms.total).unwrap();
@@ -163,6 +181,7 @@ fn probe_figures_take_precedence() {
         reason: Some("ignored when attached".into()),
         lost_events: Some(0),
         skipped_events: Some(0),
+        read_errors: Some(0),
         closer: Some(CloserCounts {
             client: 4,
             ..Default::default()
@@ -174,6 +193,8 @@ fn probe_figures_take_precedence() {
             ..Default::default()
         }),
         time_wait_server: Some(TimeWaitSide::default()),
+        fin_wait2: None,
+        server_unseen: None,
         time_wait_timeline: None,
     };
     let r = record(probe);
@@ -183,6 +204,29 @@ fn probe_figures_take_precedence() {
     assert_eq!(r.probe.reason, None);
     let text = render_text(&r);
     assert!(text.contains("closer       client 4"), "{text}");
+}
+
+#[test]
+fn read_errors_are_told_and_records_without_them_still_read() {
+    let probe = ProbeReport {
+        attached: true,
+        read_errors: Some(3),
+        ..Default::default()
+    };
+    let r = record(probe);
+    let text = render_text(&r);
+    assert!(
+        text.contains("probe        3 kernel reads failed, each dropping its event"),
+        "{text}"
+    );
+    assert!(!render_text(&record(ProbeReport::default())).contains("kernel reads failed"));
+
+    // A record written before the field existed reads back with it absent.
+    let mut v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["probe"]["read_errors"], 3);
+    v["probe"].as_object_mut().unwrap().remove("read_errors");
+    let old: RunRecord = serde_json::from_value(v).unwrap();
+    assert_eq!(old.probe.read_errors, None);
 }
 
 #[test]
@@ -215,4 +259,20 @@ fn write_is_atomic_and_complete() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     // A directory that does not exist is an error, not a panic.
     assert!(write_atomic(&dir.path().join("no/such/dir/run.json"), &r).is_err());
+}
+
+/// A corrupt histogram keeps what the decoder said as its source, for the one-line chain.
+#[test]
+fn a_corrupt_histogram_keeps_the_decoders_error() {
+    use std::error::Error as _;
+    let not_base64 = crate::report::histograms::decode_histogram("!!").unwrap_err();
+    assert!(not_base64.source().is_some(), "{not_base64:?}");
+    assert!(
+        crate::error_chain::one_line(&not_base64)
+            .starts_with("cannot decode a histogram: not base64: Invalid"),
+        "{}",
+        crate::error_chain::one_line(&not_base64)
+    );
+    let not_a_histogram = crate::report::histograms::decode_histogram("AAAA").unwrap_err();
+    assert!(not_a_histogram.source().is_some(), "{not_a_histogram:?}");
 }

@@ -27,10 +27,7 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 shared.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
                 if is_exhaustion(&e) {
                     if !warned {
-                        eprintln!(
-                            "loadprobe: warning: server accept failed ({e}); backing off \
-                             (reported once)"
-                        );
+                        log::warn!("server accept failed ({e}); backing off (reported once)");
                         warned = true;
                     }
                     tokio::time::sleep(EXHAUSTION_BACKOFF).await;

@@ -8,6 +8,7 @@
 
 mod accept;
 mod service;
+pub mod tls;
 
 use std::future::Future;
 use std::io;
@@ -32,6 +33,8 @@ pub struct ServerConfig {
     pub latency: Duration,
     /// Close the connection (server FIN) after this many requests on it; `None` never does.
     pub close_after: Option<u32>,
+    /// Speak TLS (HTTPS) with this configuration ([`tls`] makes one); `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +44,7 @@ impl Default for ServerConfig {
             body_bytes: 64,
             latency: Duration::ZERO,
             close_after: None,
+            tls: None,
         }
     }
 }
@@ -48,7 +52,7 @@ impl Default for ServerConfig {
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot register the listener with the runtime: {0}")]
     Runtime(io::Error),

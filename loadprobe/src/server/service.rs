@@ -2,8 +2,10 @@
 //! configured latency, and `Connection: close` once the per-connection request budget is spent.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +26,7 @@ pub(super) struct Shared {
     latency: Duration,
     close_after: Option<u32>,
     builder: http1::Builder,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     pub(super) stats: Arc<ServerStats>,
 }
 
@@ -37,6 +40,7 @@ impl Shared {
             latency: config.latency,
             close_after: config.close_after.filter(|n| *n > 0),
             builder,
+            tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             stats: Arc::new(ServerStats::default()),
         }
     }
@@ -45,13 +49,89 @@ impl Shared {
 pub(super) async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     // Responses are written in one go; Nagle would only delay them.
     let _ = stream.set_nodelay(true);
+    match &shared.tls {
+        None => serve_http(stream, &shared).await,
+        Some(acceptor) => {
+            // A failed handshake is the client's to count; it ends this connection only.
+            if let Ok(stream) = acceptor.accept(stream).await {
+                serve_http(QuietAfterPeer::new(stream), &shared).await;
+            }
+        }
+    }
+}
+
+async fn serve_http<S>(stream: S, shared: &Shared)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let served = AtomicU32::new(0);
-    let svc = service_fn(|req| respond(req, &shared, &served));
+    let svc = service_fn(|req| respond(req, shared, &served));
     // Errors here are the client's doing (reset, early close) and end only this connection.
     let _ = shared
         .builder
         .serve_connection(TokioIo::new(stream), svc)
         .await;
+}
+
+/// A server TLS stream that does not answer a client's close_notify with its own: the client
+/// has closed (client-close sends its FIN with its alert), and anything sent to its closed
+/// socket would be answered with a reset instead of leaving it in TIME_WAIT. nginx does the
+/// same. A connection the server ends itself (server-close) still gets its close_notify.
+struct QuietAfterPeer {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    /// The client's close_notify was read (tokio-rustls reports it as EOF), or its FIN
+    /// without one (an `UnexpectedEof` error).
+    peer_closed: bool,
+}
+
+impl QuietAfterPeer {
+    fn new(inner: tokio_rustls::server::TlsStream<TcpStream>) -> QuietAfterPeer {
+        QuietAfterPeer {
+            inner,
+            peer_closed: false,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for QuietAfterPeer {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut me.inner).poll_read(cx, buf);
+        me.peer_closed |= match &polled {
+            Poll::Ready(Ok(())) => buf.filled().len() == before,
+            Poll::Ready(Err(e)) => e.kind() == std::io::ErrorKind::UnexpectedEof,
+            Poll::Pending => false,
+        };
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for QuietAfterPeer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        if me.peer_closed {
+            Pin::new(me.inner.get_mut().0).poll_shutdown(cx)
+        } else {
+            Pin::new(&mut me.inner).poll_shutdown(cx)
+        }
+    }
 }
 
 async fn respond(

@@ -1,22 +1,27 @@
 //! Kernel tuning for connection churn: explain the sysctls that matter and predict what a
 //! workload does to them ([`check`]), and build throwaway two-host topologies of network
-//! namespaces ([`netns`]) so that a tuning can be measured without touching the host
-//! ([`validate`], judged by [`verdict`]).
+//! namespaces ([`netns`]) and run a workload in them ([`hosts`]) so that a tuning can be
+//! measured without touching the host ([`validate`], judged by [`verdict`]).
 //!
-//! Every sysctl involved is per network namespace (TIME_WAIT.md §5), which is what makes an
+//! Every sysctl involved is per network namespace (docs/kernel.md §5), which is what makes an
 //! isolated A/B measurement possible at all.
 
 pub mod check;
+pub mod hosts;
 pub mod netns;
 pub mod predict;
 pub mod text;
 pub mod validate;
 pub mod verdict;
 
+use std::fmt;
 use std::io;
+
+use serde::Serialize;
 
 use crate::driver::TargetError;
 use crate::kernel::KernelError;
+use crate::model::Side;
 
 /// Why a tuning step failed. Each message is one line that says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -48,4 +53,40 @@ pub enum TuneError {
     Target(#[from] TargetError),
     #[error("reading the network namespace of this thread: {0}")]
     Netns(io::Error),
+}
+
+/// Where a sysctl acts, and so which namespace of the topology it is written to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Place {
+    /// Read by connect(): the client namespace.
+    Client,
+    /// Read by the listener or accepted sockets: the server namespace.
+    Server,
+    /// Either side may need it (each namespace has its own TIME_WAIT table): both.
+    Both,
+}
+
+impl Place {
+    pub fn hosts(self) -> &'static [Side] {
+        match self {
+            Place::Client => &[Side::Client],
+            Place::Server => &[Side::Server],
+            Place::Both => &[Side::Client, Side::Server],
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Place::Client => "client",
+            Place::Server => "server",
+            Place::Both => "both",
+        }
+    }
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! Tuning has to be measured over a real link, not loopback: `tcp_tw_reuse=2` (the default)
 //! applies to loopback only, so a loopback test would show reuse where production gets none. Each
-//! namespace has its own sysctls (TIME_WAIT.md §5), so the client's `tcp_tw_reuse` and the server's
+//! namespace has its own sysctls (docs/kernel.md §5), so the client's `tcp_tw_reuse` and the server's
 //! `tcp_max_tw_buckets` can be set apart, and the host's own settings are never touched: the veth
 //! is created directly inside the two namespaces and nothing is configured in the host's.
 //!
@@ -24,6 +24,7 @@ use std::thread;
 
 use super::TuneError;
 use crate::kernel;
+use crate::model::Side;
 
 /// Where `ip netns add` puts its namespace handles.
 const NETNS_DIR: &str = "/run/netns";
@@ -34,19 +35,11 @@ pub const SERVER_IF: &str = "to-client";
 /// Prefix length of the veth subnet: exactly two hosts.
 pub const PREFIX_LEN: u8 = 30;
 
-/// One end of the topology.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Host {
-    Client,
-    Server,
-}
-
-impl Host {
-    fn suffix(self) -> &'static str {
-        match self {
-            Host::Client => "c",
-            Host::Server => "s",
-        }
+/// The namespace name's ending for one end of the topology.
+fn suffix(side: Side) -> &'static str {
+    match side {
+        Side::Client => "c",
+        Side::Server => "s",
     }
 }
 
@@ -77,7 +70,7 @@ impl Topology {
             server_addr,
             created: Vec::new(),
         };
-        for host in [Host::Client, Host::Server] {
+        for host in [Side::Client, Side::Server] {
             let name = topology.name(host);
             if netns_path(&name).exists() {
                 return Err(TuneError::Exists(name));
@@ -85,7 +78,7 @@ impl Topology {
             ip(&["netns", "add", &name])?;
             topology.created.push(name);
         }
-        let (client, server) = (topology.name(Host::Client), topology.name(Host::Server));
+        let (client, server) = (topology.name(Side::Client), topology.name(Side::Server));
         // Both ends are born inside their namespaces: no interface ever appears in the host's.
         ip(&[
             "link", "add", CLIENT_IF, "netns", &client, "type", "veth", "peer", "name", SERVER_IF,
@@ -104,7 +97,7 @@ impl Topology {
     }
 
     /// The namespace name of `host` (`<prefix>-c` or `<prefix>-s`).
-    pub fn name(&self, host: Host) -> String {
+    pub fn name(&self, host: Side) -> String {
         ns_name(&self.prefix, host)
     }
 
@@ -120,7 +113,7 @@ impl Topology {
 
     /// The namespace's inode, as `/proc/thread-self/ns/net` shows it inside and the probe
     /// filters by.
-    pub fn inode(&self, host: Host) -> Result<u64, TuneError> {
+    pub fn inode(&self, host: Side) -> Result<u64, TuneError> {
         let name = self.name(host);
         std::fs::metadata(netns_path(&name))
             .map(|m| m.ino())
@@ -134,7 +127,7 @@ impl Topology {
     /// propagate with their original message.
     pub fn run_in<T: Send>(
         &self,
-        host: Host,
+        host: Side,
         f: impl FnOnce() -> T + Send,
     ) -> Result<T, TuneError> {
         thread::scope(|s| {
@@ -152,7 +145,7 @@ impl Topology {
     /// Moves the calling thread into `host`'s namespace for good (setns only moves the calling
     /// thread). For threads that live long, such as one running a server's runtime; for one-off
     /// work use [`Topology::run_in`].
-    pub fn enter(&self, host: Host) -> Result<(), TuneError> {
+    pub fn enter(&self, host: Side) -> Result<(), TuneError> {
         let name = self.name(host);
         let ns = self.open(host)?;
         // SAFETY: ns is an open nsfs file; setns only changes the calling thread's namespace.
@@ -170,7 +163,7 @@ impl Topology {
     /// interfaces) and /etc/netns is not applied. Use [`Topology::command`] when that matters.
     /// Kill children before dropping the topology: a process inside keeps its namespace (and the
     /// veth) alive after the name is gone.
-    pub fn spawn_in(&self, host: Host, mut command: Command) -> Result<Child, TuneError> {
+    pub fn spawn_in(&self, host: Side, mut command: Command) -> Result<Child, TuneError> {
         let ns = self.open(host)?;
         let fd = ns.as_raw_fd();
         // SAFETY: the closure runs in the forked child and makes one async-signal-safe syscall on
@@ -193,7 +186,7 @@ impl Topology {
 
     /// `ip netns exec <ns> <program>`: a command to add arguments and stdio to and spawn, for
     /// programs that need the full `ip netns exec` environment (its own /sys).
-    pub fn command(&self, host: Host, program: impl AsRef<OsStr>) -> Command {
+    pub fn command(&self, host: Side, program: impl AsRef<OsStr>) -> Command {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec"])
@@ -204,16 +197,16 @@ impl Topology {
 
     /// Writes a sysctl in `host`'s namespace only (from a thread inside it; /proc/sys resolves
     /// per thread). Rejected values come back as [`kernel::KernelError::Rejected`].
-    pub fn set_sysctl(&self, host: Host, key: &str, value: &str) -> Result<(), TuneError> {
+    pub fn set_sysctl(&self, host: Side, key: &str, value: &str) -> Result<(), TuneError> {
         Ok(self.run_in(host, || kernel::write_sysctl(key, value))??)
     }
 
     /// Reads a sysctl in `host`'s namespace.
-    pub fn sysctl(&self, host: Host, key: &str) -> Result<String, TuneError> {
+    pub fn sysctl(&self, host: Side, key: &str) -> Result<String, TuneError> {
         Ok(self.run_in(host, || kernel::read_sysctl(key))??)
     }
 
-    fn open(&self, host: Host) -> Result<File, TuneError> {
+    fn open(&self, host: Side) -> Result<File, TuneError> {
         let name = self.name(host);
         File::open(netns_path(&name)).map_err(|error| TuneError::Enter { name, error })
     }
@@ -235,7 +228,7 @@ impl Drop for Topology {
 pub fn cleanup_stale(prefix: &str) -> Result<Vec<String>, TuneError> {
     validate_prefix(prefix)?;
     let mut removed = Vec::new();
-    for host in [Host::Client, Host::Server] {
+    for host in [Side::Client, Side::Server] {
         let name = ns_name(prefix, host);
         if netns_path(&name).exists() {
             ip(&["netns", "delete", &name])?;
@@ -245,8 +238,8 @@ pub fn cleanup_stale(prefix: &str) -> Result<Vec<String>, TuneError> {
     Ok(removed)
 }
 
-fn ns_name(prefix: &str, host: Host) -> String {
-    format!("{prefix}-{}", host.suffix())
+fn ns_name(prefix: &str, host: Side) -> String {
+    format!("{prefix}-{}", suffix(host))
 }
 
 fn netns_path(name: &str) -> PathBuf {
@@ -302,18 +295,10 @@ fn ip(args: &[&str]) -> Result<(), TuneError> {
     })
 }
 
-/// Whether the process has CAP_SYS_ADMIN in its effective set (what `ip netns add` and setns
-/// need), so a missing privilege is one clear line instead of an EPERM from deep inside `ip`.
+/// Whether the process has CAP_SYS_ADMIN in its effective set: what `ip netns add` and setns
+/// need.
 pub fn has_cap_sys_admin() -> bool {
-    const CAP_SYS_ADMIN: u32 = 21;
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+    crate::privileges::has_cap(crate::privileges::CAP_SYS_ADMIN)
 }
 
 /// The host's IPv4 networks (`ip -o -4 addr`), as (address, prefix length).
@@ -474,24 +459,24 @@ mod tests {
         let host_before = kernel::read_sysctl(KEY).unwrap();
         let prefix = unique_prefix();
         let topo = Topology::create(&prefix).unwrap();
-        let (client, server) = (topo.name(Host::Client), topo.name(Host::Server));
+        let (client, server) = (topo.name(Side::Client), topo.name(Side::Server));
         let list = netns_list();
         assert!(listed(&list, &client) && listed(&list, &server), "{list}");
         assert_ne!(
-            topo.inode(Host::Client).unwrap(),
-            topo.inode(Host::Server).unwrap()
+            topo.inode(Side::Client).unwrap(),
+            topo.inode(Side::Server).unwrap()
         );
 
         // TCP from the client namespace to the server namespace, over the veth.
         let listener = topo
-            .run_in(Host::Server, || {
+            .run_in(Side::Server, || {
                 TcpListener::bind(SocketAddr::new(topo.server_addr().into(), 0))
             })
             .unwrap()
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let mut stream = topo
-            .run_in(Host::Client, || TcpStream::connect(addr))
+            .run_in(Side::Client, || TcpStream::connect(addr))
             .unwrap()
             .unwrap();
         let (mut accepted, peer) = listener.accept().unwrap();
@@ -503,16 +488,16 @@ mod tests {
 
         // A sysctl set in the client namespace stays there.
         let value = if host_before == "0" { "1" } else { "0" };
-        topo.set_sysctl(Host::Client, KEY, value).unwrap();
-        assert_eq!(topo.sysctl(Host::Client, KEY).unwrap(), value);
-        assert_eq!(topo.sysctl(Host::Server, KEY).unwrap(), "2");
+        topo.set_sysctl(Side::Client, KEY, value).unwrap();
+        assert_eq!(topo.sysctl(Side::Client, KEY).unwrap(), value);
+        assert_eq!(topo.sysctl(Side::Server, KEY).unwrap(), "2");
         assert_eq!(kernel::read_sysctl(KEY).unwrap(), host_before);
-        let err = topo.set_sysctl(Host::Client, KEY, "3").unwrap_err();
+        let err = topo.set_sysctl(Side::Client, KEY, "3").unwrap_err();
         assert!(err.to_string().contains("rejected by the kernel"), "{err}");
 
         // Processes: setns'd child (stdio kept) and `ip netns exec`.
         let child = topo
-            .spawn_in(Host::Client, {
+            .spawn_in(Side::Client, {
                 let mut c = Command::new("cat");
                 c.arg("/proc/net/dev").stdout(Stdio::piped());
                 c
@@ -521,7 +506,7 @@ mod tests {
         let dev = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
         assert!(dev.contains(CLIENT_IF) && !dev.contains(SERVER_IF), "{dev}");
         let out = topo
-            .command(Host::Server, "ip")
+            .command(Side::Server, "ip")
             .args(["-o", "-4", "addr"])
             .output()
             .unwrap();
@@ -545,7 +530,7 @@ mod tests {
             return;
         }
         let prefix = unique_prefix();
-        let client = ns_name(&prefix, Host::Client);
+        let client = ns_name(&prefix, Side::Client);
         ip(&["netns", "add", &client]).unwrap();
 
         let err = Topology::create(&prefix).unwrap_err();
@@ -556,7 +541,7 @@ mod tests {
         // The failed create removed nothing it did not make, and left nothing of its own.
         let list = netns_list();
         assert!(listed(&list, &client), "{list}");
-        assert!(!listed(&list, &ns_name(&prefix, Host::Server)), "{list}");
+        assert!(!listed(&list, &ns_name(&prefix, Side::Server)), "{list}");
 
         assert_eq!(cleanup_stale(&prefix).unwrap(), vec![client.clone()]);
         assert!(!listed(&netns_list(), &client));

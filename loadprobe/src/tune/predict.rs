@@ -5,25 +5,66 @@
 //! 60 s; a closed connection holds its client port for 60 s, or for tcp_tw_reuse_delay when reuse
 //! applies; tcp_max_tw_buckets caps TIME_WAIT per namespace, and its overflow frees the port.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::check::{HEADROOM, Knobs, Ports, TIME_WAIT_SECS, Workload, is_loopback};
-use crate::driver::Mode;
-use crate::kernel::PortRange;
+use super::Place;
+use crate::model::Mode;
 
-/// Whether tcp_tw_reuse frees client ports for this workload's destination.
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Reuse {
-    Applies,
-    /// tcp_tw_reuse=0.
-    Off,
-    /// tcp_tw_reuse=2 and the destination is not loopback (or unknown).
-    LoopbackOnly,
-    /// tcp_timestamps=0: reuse needs the peer's timestamps.
-    NoTimestamps,
+use crate::kernel::tcp::{Reuse, TIME_WAIT_SECS, is_loopback};
+use crate::kernel::{self, PortRange, Ports};
+
+/// A recommendation must sustain this many times the requested rate: running right at the limit
+/// fails at the first burst.
+pub const HEADROOM: f64 = 1.25;
+
+/// The workload to predict for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Workload {
+    pub mode: Mode,
+    /// Requests per second, as `loadprobe run --rate`; each is a new connection except in
+    /// keep-alive mode.
+    pub rate: f64,
+    /// The destination address, if known: reuse=2 depends on it.
+    pub target: Option<IpAddr>,
+}
+
+/// The sysctl values that drive the analysis, with the kernel's defaults for absent ones.
+pub(super) struct Knobs {
+    pub(super) reuse: u64,
+    pub(super) reuse_delay_ms: Option<u64>,
+    pub(super) timestamps: bool,
+    pub(super) fin_timeout: Option<u64>,
+    pub(super) max_tw: Option<u64>,
+    pub(super) unprivileged_start: u16,
+    pub(super) recycle_exists: bool,
+}
+
+impl Knobs {
+    pub(super) fn from(sysctls: &BTreeMap<String, String>) -> Knobs {
+        let num = |key: &str| sysctls.get(key).and_then(|v| v.trim().parse::<u64>().ok());
+        Knobs {
+            reuse: num("net.ipv4.tcp_tw_reuse").unwrap_or(0),
+            reuse_delay_ms: num("net.ipv4.tcp_tw_reuse_delay"),
+            timestamps: num("net.ipv4.tcp_timestamps").unwrap_or(1) != 0,
+            fin_timeout: num("net.ipv4.tcp_fin_timeout"),
+            max_tw: num("net.ipv4.tcp_max_tw_buckets"),
+            unprivileged_start: num("net.ipv4.ip_unprivileged_port_start")
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(1024),
+            recycle_exists: sysctls.contains_key("net.ipv4.tcp_tw_recycle"),
+        }
+    }
+
+    pub(super) fn reuse_delay_s(&self) -> f64 {
+        kernel::tcp::reuse_delay_s(self.reuse_delay_ms)
+    }
+
+    pub(super) fn reuse_for(&self, target_loopback: Option<bool>) -> Reuse {
+        Reuse::of(self.reuse, self.timestamps, target_loopback)
+    }
 }
 
 /// TIME_WAIT on one side at steady state.
@@ -55,7 +96,7 @@ pub struct PortPrediction {
 
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct Prediction {
-    pub mode: &'static str,
+    pub mode: Mode,
     pub rate: f64,
     pub target: Option<IpAddr>,
     pub target_loopback: Option<bool>,
@@ -71,8 +112,8 @@ pub struct Prediction {
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct Recommendation {
     pub change: String,
-    /// Where to apply it: "client", "server" or "both".
-    pub side: &'static str,
+    /// Where to apply it.
+    pub side: Place,
     pub sustains_rate: Option<f64>,
     pub why: String,
 }
@@ -89,7 +130,7 @@ fn no_time_wait() -> SidePrediction {
 /// TIME_WAIT on a side that closes `rate` connections/s, held to `port_cap` by the ports (client)
 /// and to `max_tw` by tcp_max_tw_buckets.
 fn closing_side(rate: f64, port_cap: Option<u64>, max_tw: Option<u64>) -> SidePrediction {
-    let wanted = (rate * TIME_WAIT_SECS).ceil() as u64;
+    let wanted = (rate * (TIME_WAIT_SECS as f64)).ceil() as u64;
     let ports = port_cap.unwrap_or(u64::MAX);
     let buckets = max_tw.unwrap_or(u64::MAX);
     let (time_wait, limited_by) = if wanted <= ports.min(buckets) {
@@ -100,7 +141,7 @@ fn closing_side(rate: f64, port_cap: Option<u64>, max_tw: Option<u64>) -> SidePr
         (ports, Some("ports"))
     };
     let overflow_per_second = if limited_by == Some("tcp_max_tw_buckets") {
-        round1((rate - buckets as f64 / TIME_WAIT_SECS).max(0.0))
+        round1((rate - buckets as f64 / (TIME_WAIT_SECS as f64)).max(0.0))
     } else {
         0.0
     };
@@ -123,7 +164,7 @@ pub(super) fn predict(ports: Option<Ports>, knobs: &Knobs, w: &Workload) -> Pred
             let hold = if reuse == Reuse::Applies {
                 knobs.reuse_delay_s()
             } else {
-                TIME_WAIT_SECS
+                TIME_WAIT_SECS as f64
             };
             let client = closing_side(w.rate, usable.map(u64::from), knobs.max_tw);
             (client, no_time_wait(), hold)
@@ -193,20 +234,20 @@ pub(super) fn predict(ports: Option<Ports>, knobs: &Knobs, w: &Workload) -> Pred
             );
         }
     }
-    let ports_come_round = usable.is_some_and(|u| w.rate * TIME_WAIT_SECS > f64::from(u));
+    let ports_come_round = usable.is_some_and(|u| w.rate * (TIME_WAIT_SECS as f64) > f64::from(u));
     if let (Mode::ServerClose, true, Some(usable)) = (w.mode, ports_come_round, usable) {
         notes.push(format!(
             "above {:.0}/s the client's ports come round within 60 s: the server then accepts \
              a SYN that hits its TIME_WAIT (needs timestamps or a higher sequence number)",
-            f64::from(usable) / TIME_WAIT_SECS
+            f64::from(usable) / (TIME_WAIT_SECS as f64)
         ));
     }
     Prediction {
-        mode: w.mode.as_str(),
+        mode: w.mode,
         rate: w.rate,
         target: w.target,
         target_loopback,
-        time_wait_seconds: TIME_WAIT_SECS,
+        time_wait_seconds: TIME_WAIT_SECS as f64,
         client,
         server,
         ports: PortPrediction {
@@ -236,10 +277,10 @@ pub(super) fn recommend(
     if let (Some(ports), true) = (ports, ports_short && w.mode == Mode::ClientClose) {
         port_recommendations(ports, knobs, w, p, need, &mut out);
     }
-    for (side, s) in [("client", &p.client), ("server", &p.server)] {
+    for (side, s) in [(Place::Client, &p.client), (Place::Server, &p.server)] {
         // TIME_WAIT the side would hold if the buckets were no limit (ports still are).
         let wanted = match (side, p.ports.usable) {
-            ("client", Some(u)) if p.ports.reuse == Reuse::Applies || !ports_short => {
+            (Place::Client, Some(u)) if p.ports.reuse == Reuse::Applies || !ports_short => {
                 s.wanted.min(u64::from(u))
             }
             _ => s.wanted,
@@ -252,7 +293,7 @@ pub(super) fn recommend(
                        RST and stray old segments are no longer caught; each TIME_WAIT socket \
                        is only a small kernel object"
             .to_string();
-        if side == "client" && ports_short {
+        if side == Place::Client && ports_short {
             why.push_str(
                 "; together with a port change above, since overflow is what now keeps ports free",
             );
@@ -260,7 +301,9 @@ pub(super) fn recommend(
         out.push(Recommendation {
             change: format!("net.ipv4.tcp_max_tw_buckets={wanted_with_headroom}"),
             side,
-            sustains_rate: Some(round1(wanted_with_headroom as f64 / TIME_WAIT_SECS)),
+            sustains_rate: Some(round1(
+                wanted_with_headroom as f64 / (TIME_WAIT_SECS as f64),
+            )),
             why,
         });
     }
@@ -290,7 +333,7 @@ fn port_recommendations(
         }
         out.push(Recommendation {
             change: format!("net.ipv4.ip_local_port_range={} {}", range.low, range.high),
-            side: "client",
+            side: Place::Client,
             sustains_rate: Some(round1(f64::from(range.size() - reserved) / hold)),
             why,
         });
@@ -298,12 +341,14 @@ fn port_recommendations(
     // 2. Reuse, with what it needs for this destination.
     let loopback = p.target_loopback == Some(true);
     let mut changes = Vec::new();
-    let mut side = "client";
+    let mut side = Place::Client;
     if !knobs.timestamps {
         changes.push("net.ipv4.tcp_timestamps=1".to_string());
-        side = "both";
+        side = Place::Both;
     }
-    if p.ports.reuse != Reuse::Applies && !(knobs.reuse == 1 || (knobs.reuse == 2 && loopback)) {
+    if p.ports.reuse != Reuse::Applies
+        && Reuse::of(knobs.reuse, true, Some(loopback)) != Reuse::Applies
+    {
         changes.push(format!(
             "net.ipv4.tcp_tw_reuse={}",
             if loopback { 2 } else { 1 }
@@ -336,17 +381,17 @@ fn port_recommendations(
     let addresses = (need * hold / usable).ceil().max(2.0);
     out.push(Recommendation {
         change: format!("loadprobe run --source-ips with {addresses:.0} addresses"),
-        side: "client",
+        side: Place::Client,
         sustains_rate: Some(round1(addresses * usable / hold)),
         why: "each local address has its own ports per destination; the addresses must be \
               configured on the client"
             .to_string(),
     });
     // 4. Let the server close.
-    let server_tw = (w.rate * TIME_WAIT_SECS).ceil() as u64;
+    let server_tw = (w.rate * (TIME_WAIT_SECS as f64)).ceil() as u64;
     out.push(Recommendation {
         change: "--mode server-close (the server closes first)".to_string(),
-        side: "server",
+        side: Place::Server,
         sustains_rate: None,
         why: format!(
             "moves TIME_WAIT to the server, where it costs memory but no ports: about {server_tw} \

@@ -3,8 +3,11 @@
 
 use std::fmt::Write;
 
-use super::check::{HEADROOM, Report};
-use super::predict::{Reuse, SidePrediction};
+use super::check::Report;
+use super::predict::HEADROOM;
+use super::predict::SidePrediction;
+use crate::kernel::tcp::Reuse;
+use crate::model::Mode;
 
 /// Widest line the text output produces.
 pub const WIDTH: usize = 100;
@@ -62,7 +65,7 @@ pub fn render(report: &Report) -> String {
             (Some(ip), _) => format!(" to {ip} (not loopback)"),
             (None, _) => String::new(),
         };
-        let unit = if p.mode == "keep-alive" {
+        let unit = if p.mode == Mode::KeepAlive {
             "requests/s"
         } else {
             "new connections/s"
@@ -205,9 +208,12 @@ pub(crate) fn wrap(line: &mut impl FnMut(&str), text: &str, first: &str, rest: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::Mode;
+    use crate::model::Mode;
+
     use crate::kernel::PortRange;
-    use crate::tune::check::{Input, Ports, Workload, analyse};
+    use crate::kernel::Ports;
+    use crate::tune::check::{Input, analyse};
+    use crate::tune::predict::Workload;
 
     #[test]
     fn every_line_fits_100_columns() {

@@ -1,4 +1,4 @@
-//! The classifier against the exact event sequences of shared/kernel/TIME_WAIT.md section 2.
+//! The classifier against the exact event sequences of docs/kernel.md §2.
 
 use super::*;
 use loadprobe_common::{AF_INET, tcp_state::*};
@@ -34,6 +34,10 @@ struct Replay {
     now: u64,
     /// Whether the probe sends every step records need (`ProbeOptions::records`).
     records: bool,
+    /// The namespace of the events sent, and what is added to their socket addresses (each
+    /// namespace's sockets are other kernel objects).
+    netns: u32,
+    shift: u64,
 }
 
 const CPORT: u16 = 40000;
@@ -45,6 +49,8 @@ impl Replay {
             t: Tracker::new(true),
             now: 1_000 * MS,
             records: true,
+            netns: 1,
+            shift: 0,
         }
     }
 
@@ -60,7 +66,8 @@ impl Replay {
         self.now += MS;
         e.ts_ns = self.now;
         e.family = AF_INET;
-        e.netns = 1;
+        e.netns = self.netns;
+        e.addr += self.shift;
         self.t.event(&e);
         self
     }
@@ -186,6 +193,14 @@ impl Replay {
             .c(SYN_SENT, CLOSE)
     }
 
+    /// Sends what follows from another namespace, whose sockets have the same addresses and
+    /// ports (each namespace has its own loopback).
+    fn in_netns(&mut self, netns: u32) -> &mut Self {
+        self.netns = netns;
+        self.shift = u64::from(netns) << 32;
+        self
+    }
+
     fn wait(&mut self, ns: u64) -> &mut Self {
         self.now += ns;
         self.t.tick(self.now);
@@ -308,7 +323,8 @@ fn refused_and_failed_connects() {
     r.refused();
     assert_eq!(only(r.records()).closer, Closer::Refused);
 
-    // EADDRNOTAVAIL: the socket never gets a port.
+    // EADDRNOTAVAIL: the socket never gets a port, and no SYN leaves the host. An error of the
+    // request (the driver counts it), not a connection: no record, no closer.
     let mut r = Replay::new();
     r.send(Event {
         kind: kind::SET_STATE,
@@ -326,7 +342,8 @@ fn refused_and_failed_connects() {
         dport: SPORT,
         ..Event::default()
     });
-    assert_eq!(only(r.records()).closer, Closer::Refused);
+    assert!(r.finish().is_empty());
+    assert!(r.t.totals().closer.is_empty(), "{:?}", r.t.totals().closer);
 }
 
 #[test]
@@ -567,5 +584,184 @@ fn without_the_steps_only_records_need_the_closers_and_timewait_sockets_are_the_
         assert_eq!((closer, tws), (want_closer, want_tws), "{name}");
         assert_eq!(totals.closer.get(&closer), Some(&1), "{name}");
         assert_ne!(closer, Closer::Unknown, "{name}");
+    }
+}
+
+/// Against a server that never closes, the client's timewait socket is an orphaned FIN_WAIT2
+/// one (`ss` shows it in fin-wait-2, not time-wait): it counts as FIN_WAIT2 and moves to
+/// TIME_WAIT only if the server's FIN arrives after all.
+#[test]
+fn fin_wait2_orphans_are_not_counted_as_time_wait() {
+    let half_closed = |r: &mut Replay| {
+        r.open()
+            .c(ESTABLISHED, FIN_WAIT1)
+            .s(ESTABLISHED, CLOSE_WAIT)
+            .c(FIN_WAIT1, FIN_WAIT2)
+            .other(kind::TW_START, true, FIN_WAIT2)
+            .c(FIN_WAIT2, CLOSE);
+    };
+    let group = |t: &Totals, fin_wait2: bool| {
+        let g = if fin_wait2 {
+            &t.fin_wait2
+        } else {
+            &t.time_wait
+        };
+        let s = g.get(&Side::Client).cloned().unwrap_or_default();
+        (s.entered, s.current, s.expired, s.to_time_wait, s.open)
+    };
+    for records in [true, false] {
+        let mut r = Replay {
+            records,
+            ..Replay::new()
+        };
+        half_closed(&mut r);
+        assert_eq!(group(r.t.totals(), false), (0, 0, 0, 0, 0), "{records}");
+        assert_eq!(group(r.t.totals(), true), (1, 1, 0, 0, 0), "{records}");
+        // tcp_fin_timeout runs out: the orphan goes, never having been in TIME_WAIT.
+        r.wait(60_000 * MS)
+            .other(kind::TW_CANCEL, true, FIN_WAIT2)
+            .other(kind::TW_EXPIRE, true, FIN_WAIT2);
+        assert_eq!(group(r.t.totals(), false), (0, 0, 0, 0, 0), "{records}");
+        assert_eq!(group(r.t.totals(), true), (1, 0, 1, 0, 0), "{records}");
+
+        // The server's FIN arrives late: the orphan turns into a TIME_WAIT socket (the
+        // kernel re-arms its timer), and that one is open at the end.
+        let mut r = Replay {
+            records,
+            ..Replay::new()
+        };
+        half_closed(&mut r);
+        let at = r.now + MS;
+        for kind in [kind::TW_CANCEL, kind::TW_START] {
+            let e = tw_event(at, kind, TW_C, TIME_WAIT, CPORT, SPORT);
+            r.t.event(&e);
+        }
+        r.now = at;
+        r.s(CLOSE_WAIT, LAST_ACK).s(LAST_ACK, CLOSE);
+        assert_eq!(group(r.t.totals(), true), (1, 0, 0, 1, 0), "{records}");
+        assert_eq!(group(r.t.totals(), false), (1, 1, 0, 0, 0), "{records}");
+        let rec = only(r.finish());
+        assert_eq!(rec.closer, Closer::Client);
+        assert_eq!(group(r.t.totals(), false), (1, 0, 0, 0, 1), "{records}");
+    }
+}
+
+/// The client's close queues its FIN behind unsent data (`Event::unsent` at FIN_WAIT1): the FIN
+/// goes on the wire at a moment no event shows. The closer is whoever first put a FIN or an RST
+/// there, as far as the events tell, else unknown.
+#[test]
+fn a_queued_fin_is_not_a_fin_sent() {
+    let fin_queued = |r: &mut Replay| {
+        r.open().send(Event {
+            kind: kind::SET_STATE,
+            addr: C,
+            old_state: ESTABLISHED,
+            new_state: FIN_WAIT1,
+            sport: CPORT,
+            dport: SPORT,
+            saddr: LOOPBACK,
+            daddr: LOOPBACK,
+            unsent: 1,
+            ..Event::default()
+        });
+    };
+    let rst_received = |r: &mut Replay, unsent: u8| {
+        r.send(Event {
+            kind: kind::RST_RECEIVED,
+            addr: C,
+            sport: CPORT,
+            dport: SPORT,
+            saddr: LOOPBACK,
+            daddr: LOOPBACK,
+            unsent,
+            ..Event::default()
+        })
+        .c(FIN_WAIT1, CLOSE);
+    };
+    for records in [true, false] {
+        let replay = || Replay {
+            records,
+            ..Replay::new()
+        };
+        // The server drops the unread body with an RST before the FIN could go: server-reset.
+        let mut r = replay();
+        fin_queued(&mut r);
+        r.s(ESTABLISHED, CLOSE).other(kind::RST_SENT, false, 0);
+        rst_received(&mut r, 1);
+        assert_eq!(only(r.finish()).closer, Closer::ServerReset, "{records}");
+
+        // The FIN had gone out when the server's RST came, sent after the FIN was queued: which
+        // was first on the wire cannot be told.
+        let mut r = replay();
+        fin_queued(&mut r);
+        r.s(ESTABLISHED, CLOSE).other(kind::RST_SENT, false, 0);
+        rst_received(&mut r, 0);
+        assert_eq!(only(r.finish()).closer, Closer::Unknown, "{records}");
+
+        // The server got the FIN before doing anything: the client closed.
+        let mut r = replay();
+        fin_queued(&mut r);
+        r.s(ESTABLISHED, CLOSE_WAIT)
+            .c(FIN_WAIT1, FIN_WAIT2)
+            .other(kind::TW_START, true, FIN_WAIT2)
+            .c(FIN_WAIT2, CLOSE)
+            .s(CLOSE_WAIT, LAST_ACK)
+            .s(LAST_ACK, CLOSE);
+        assert_eq!(only(r.finish()).closer, Closer::Client, "{records}");
+
+        // The same with the FIN sent at once (nothing unsent): the client's FIN was first.
+        let mut r = replay();
+        r.open().c(ESTABLISHED, FIN_WAIT1);
+        r.s(ESTABLISHED, CLOSE).other(kind::RST_SENT, false, 0);
+        rst_received(&mut r, 0);
+        assert_eq!(only(r.finish()).closer, Closer::Client, "{records}");
+    }
+}
+
+/// Two namespaces, each with its own 127.0.0.1, make connections on the same 4-tuple at the
+/// same time (`trace --all-netns` beside two runs): each namespace's timewait sockets are its
+/// own. Server-close, so each server end leaves an orphan (FIN_WAIT2) that turns TIME_WAIT
+/// when its client's FIN comes, with a silent re-arm of its timer.
+#[test]
+fn the_same_tuple_in_two_namespaces_is_two_timewait_sockets() {
+    let mut r = Replay::new();
+    let orphan = |r: &mut Replay, netns| {
+        r.in_netns(netns)
+            .open()
+            .s(ESTABLISHED, FIN_WAIT1)
+            .c(ESTABLISHED, CLOSE_WAIT)
+            .s(FIN_WAIT1, FIN_WAIT2)
+            .other(kind::TW_START, false, FIN_WAIT2)
+            .s(FIN_WAIT2, CLOSE);
+    };
+    let client_closes = |r: &mut Replay, netns| {
+        r.in_netns(netns).c(CLOSE_WAIT, LAST_ACK).c(LAST_ACK, CLOSE);
+    };
+    orphan(&mut r, 1);
+    orphan(&mut r, 2);
+    client_closes(&mut r, 1);
+    client_closes(&mut r, 2);
+    r.wait(2_000 * MS);
+    let totals = r.t.totals().clone();
+    let server = |g: &BTreeMap<Side, TwSideStats>| {
+        let s = g.get(&Side::Server).cloned().unwrap_or_default();
+        (s.entered, s.current, s.killed, s.reused, s.to_time_wait)
+    };
+    assert_eq!(server(&totals.fin_wait2), (2, 0, 0, 0, 2));
+    assert_eq!(server(&totals.time_wait), (2, 2, 0, 0, 0));
+    let records = r.finish();
+    assert_eq!(records.len(), 2, "{records:#?}");
+    for rec in &records {
+        assert_eq!(rec.closer, Closer::Server);
+        let ends: Vec<_> = rec
+            .time_wait
+            .iter()
+            .map(|t| (t.side, t.substate, t.end))
+            .collect();
+        assert_eq!(
+            ends,
+            [(Side::Server, Substate::TimeWait, TwEnd::Open)],
+            "{rec:#?}"
+        );
     }
 }

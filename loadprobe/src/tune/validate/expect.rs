@@ -1,11 +1,12 @@
-//! What each `--set` should change, by TIME_WAIT.md §5, next to what the runs show. A tuning
+//! What each `--set` should change, by docs/kernel.md §5, next to what the runs show. A tuning
 //! that "works" for the wrong reason (fewer errors, but no reuse) shows here as an expectation
 //! not met, even when the verdict is `improved`.
 
 use serde::Serialize;
 
-use super::settings::{Place, Setting};
+use super::settings::Setting;
 use crate::report::RunRecord;
+use crate::tune::Place;
 use crate::tune::verdict::MetricDelta;
 
 /// One `--set` and what it was expected to do.

@@ -4,47 +4,18 @@
 //! Only `net.*` sysctls can be per network namespace; anything else (`vm.*`, `kernel.*`) written
 //! from a thread inside a namespace changes the host, so it is refused before anything is
 //! created. A `net.*` sysctl that the host has but a fresh namespace lacks is global (e.g.
-//! `tcp_max_orphans`, TIME_WAIT.md §5) or shows it read-only (`net.core.rmem_max`): the write
+//! `tcp_max_orphans`, docs/kernel.md §5) or shows it read-only (`net.core.rmem_max`): the write
 //! inside the topology fails, and that is reported as "not per network namespace".
 
 use serde::Serialize;
 
 use super::ValidateError;
 use crate::kernel::{self, KernelError};
-use crate::tune::netns::{Host, Topology};
-use crate::tune::{TuneError, check};
+use crate::model::Side;
+use crate::tune::netns::Topology;
+use crate::tune::{Place, TuneError, check};
 
-/// Where a sysctl acts, and so which namespace of the topology it is written to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Place {
-    /// Read by connect(): the client namespace.
-    Client,
-    /// Read by the listener or accepted sockets: the server namespace.
-    Server,
-    /// Either side may need it (each namespace has its own TIME_WAIT table): both.
-    Both,
-}
-
-impl Place {
-    pub fn hosts(self) -> &'static [Host] {
-        match self {
-            Place::Client => &[Host::Client],
-            Place::Server => &[Host::Server],
-            Place::Both => &[Host::Client, Host::Server],
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Place::Client => "client",
-            Place::Server => "server",
-            Place::Both => "both",
-        }
-    }
-}
-
-/// The placement table (documented in the README). Other `net.*` sysctls go to both.
+/// The placement table (documented in docs/tuning.md). Other `net.*` sysctls go to both.
 pub const PLACEMENTS: &[(&str, Place)] = &[
     ("net.ipv4.tcp_tw_reuse", Place::Client),
     ("net.ipv4.tcp_tw_reuse_delay", Place::Client),
@@ -99,8 +70,9 @@ impl Setting {
     }
 }
 
-/// Checks a whole `--base`/`--set` list before anything is created: names are network sysctls
-/// that exist on this kernel, and no key is given twice in one list.
+/// Checks a whole list of settings before anything is created: names are network sysctls
+/// that exist on this kernel, and no key is given twice in one list. `flag` names the list in
+/// errors (the command line's flag, or what the list is for).
 pub fn check_all(flag: &str, settings: &[Setting]) -> Result<(), ValidateError> {
     for (i, s) in settings.iter().enumerate() {
         if settings[..i].iter().any(|o| o.key == s.key) {
@@ -166,7 +138,7 @@ pub fn apply(topology: &Topology, settings: &[&Setting]) -> Result<(), ValidateE
 /// `topology`, for validate.json: what the runs really ran with.
 pub fn read_all(
     topology: &Topology,
-    host: Host,
+    host: Side,
     keys: &[&str],
 ) -> Result<Vec<(String, String)>, ValidateError> {
     let mut names: Vec<&str> = kernel::SYSCTLS.to_vec();

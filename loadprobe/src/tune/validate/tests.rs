@@ -1,4 +1,5 @@
 use super::*;
+use crate::tune::Place;
 use crate::tune::text::WIDTH;
 use crate::tune::verdict::tests::{Fixture, reuse_story, tw};
 
@@ -52,7 +53,7 @@ fn names_are_checked_before_anything_is_created() {
     let err = check(&["net.ipv4.tcp_tw_recycle=1"]).unwrap_err();
     assert!(err.contains("removed in Linux 4.12"), "{err}");
     let err = check(&["net.ipv4.tcp_tw_reuse=1", "net.ipv4.tcp_tw_reuse=0"]).unwrap_err();
-    assert_eq!(err, "--set gives net.ipv4.tcp_tw_reuse twice");
+    assert_eq!(err, "--set: net.ipv4.tcp_tw_reuse is given twice");
 }
 
 #[test]
@@ -73,7 +74,7 @@ fn outcome(set: &[&str], baseline: RunRecord, tuned: RunRecord) -> Outcome {
         verdict: j.verdict,
         reason: j.reason,
         workload: WorkloadSummary {
-            mode: "client-close".into(),
+            mode: crate::model::Mode::ClientClose,
             model: "open".into(),
             rate: Some(50.0),
             users: None,
@@ -176,7 +177,9 @@ fn outputs_are_records_and_validate_json() {
     let o = outcome(&["net.ipv4.tcp_tw_reuse=1"], a, b);
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("new");
-    let written = write_outputs(&out, &o).expect("written");
+    let written = Outputs::create(&out, 1)
+        .and_then(|files| files.write(&o))
+        .expect("written");
     assert_eq!(written.len(), 3);
     for name in ["baseline.json", "tuned.json"] {
         let text = std::fs::read_to_string(out.join(name)).expect(name);
@@ -188,4 +191,21 @@ fn outputs_are_records_and_validate_json() {
             .expect("json");
     assert_eq!(v["verdict"], "improved");
     assert!(v["reason"].as_str().is_some_and(|r| r.ends_with('.')));
+}
+
+#[test]
+fn outputs_reserved_but_not_written_leave_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("new");
+    let outputs = Outputs::create(&out, 3).expect("reserved");
+    // baseline, tuned, each of 3 repetitions of both, validate.json: all reserved up front.
+    assert_eq!(std::fs::read_dir(&out).expect("made").count(), 9);
+    drop(outputs);
+    assert!(!out.exists(), "the folder it made is removed");
+    // A folder that existed stays, empty.
+    let kept = dir.path().join("kept");
+    std::fs::create_dir(&kept).expect("mkdir");
+    drop(Outputs::create(&kept, 1).expect("reserved"));
+    assert_eq!(std::fs::read_dir(&kept).expect("kept").count(), 0);
+    assert!(Outputs::create(std::path::Path::new("/proc/x"), 1).is_err());
 }

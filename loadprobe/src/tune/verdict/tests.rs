@@ -2,7 +2,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::driver::{DriverConfig, DriverResult, Histograms, Mode, Target, Workload};
+use crate::driver::{DriverConfig, DriverResult, Target};
+use crate::model::{Mode, Workload};
+use crate::report::sample::driver_result;
+
 use crate::kernel::Snapshot;
 use crate::report::{
     PortBudget, PortBudgetInputs, ProbeReport, RecordInputs, RunConfig, RunRecord, TimelineSecond,
@@ -54,16 +57,10 @@ impl Fixture {
         let ok: u64 = self.ok_per_second.iter().sum();
         let failed: u64 = self.errors.iter().map(|(_, n)| n).sum();
         let d = DriverResult {
-            started_at: SystemTime::UNIX_EPOCH,
-            elapsed: Duration::from_secs(secs),
             total: ok + failed,
             ok,
-            errors: BTreeMap::new(),
             connections_opened: ok,
-            histograms: Histograms::new(),
-            timeline: Vec::new(),
-            server_fin_missing: 0,
-            interrupted: false,
+            ..driver_result(SystemTime::UNIX_EPOCH, Duration::from_secs(secs))
         };
         let config = DriverConfig::new(
             Target::from_addr("10.213.0.2:20000".parse().expect("an address")),
@@ -86,8 +83,10 @@ impl Fixture {
             target: config.target.addr,
             sysctls: &kernel.sysctls,
             eaddrnotavail: 0,
+            client_fin_wait2_share: 0.0,
         });
         let mut r = RunRecord::build(RecordInputs {
+            segment: None,
             config: RunConfig::new(&config, true),
             driver: &d,
             sampled: None,
@@ -108,8 +107,8 @@ impl Fixture {
             .map(|(t, &ok)| TimelineSecond {
                 t: t as u64,
                 ok,
-                errors: 0,
                 connections: ok,
+                ..TimelineSecond::default()
             })
             .collect();
         r.latency_us.total.p50 = self.p50_us;

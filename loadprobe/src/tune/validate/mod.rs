@@ -13,28 +13,36 @@
 
 pub mod apply;
 pub mod expect;
-mod hosts;
 mod lock;
 pub mod settings;
 pub mod text;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::driver::{DriverConfig, Stop, Workload};
-use crate::probe::ProbeError;
-use crate::report::{MergeError, ReportError, RunRecord, merge, write_atomic};
+use crate::driver::{DriverConfig, Stop};
+use crate::model::Mode;
+
+use crate::model::Workload;
+
+use crate::model::Live;
+use crate::model::Side;
+use crate::probe::{Netns, ProbeError};
+use crate::report::{MergeError, PendingOutput, ReportError, RunRecord, merge};
+use crate::run::ProbePlan;
 use crate::run::RunError;
 use crate::server::ServerError;
 use crate::tune::TuneError;
-use crate::tune::netns::{self, Host, Topology};
+use crate::tune::hosts::{self, HostRun, HostRunError};
+use crate::tune::netns::{self, Topology};
 use crate::tune::verdict::{self, MetricDelta, Verdict};
 
 pub use expect::Expectation;
-pub use settings::{Place, Setting};
+pub use settings::Setting;
 
 /// Schema of validate.json.
 pub const SCHEMA: &str = "loadprobe.validate/1";
@@ -46,7 +54,7 @@ pub const DEFAULT_PREFIX: &str = "lpv";
 pub enum ValidateError {
     #[error("{flag} expects KEY=VALUE, got {given:?}")]
     Syntax { flag: String, given: String },
-    #[error("{flag} gives {key} twice")]
+    #[error("{flag}: {key} is given twice")]
     Twice { flag: String, key: String },
     #[error(
         "{0} is not a network sysctl: only net.* sysctls can be per network namespace, and \
@@ -69,8 +77,8 @@ pub enum ValidateError {
     Lock { path: String, error: io::Error },
     #[error("interrupted; the namespaces were removed")]
     Interrupted,
-    #[error("tune validate needs the eBPF probe (TIME_WAIT end reasons): {0}")]
-    Probe(ProbeError),
+    #[error("tune validate needs the eBPF probe (TIME_WAIT end reasons)")]
+    Probe(#[source] ProbeError),
     #[error(transparent)]
     Tune(#[from] TuneError),
     #[error(transparent)]
@@ -83,12 +91,28 @@ pub enum ValidateError {
     Runtime(io::Error),
     #[error("starting a thread: {0}")]
     Thread(io::Error),
-    #[error("cannot create --output-dir {path}: {error}")]
-    OutputDir { path: String, error: io::Error },
+    #[error("cannot create {path}")]
+    OutputDir {
+        path: String,
+        #[source]
+        error: io::Error,
+    },
     #[error("merging the repetitions: {0}")]
     Merge(#[from] MergeError),
     #[error("cannot serialize validate.json: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl From<HostRunError> for ValidateError {
+    fn from(e: HostRunError) -> ValidateError {
+        match e {
+            HostRunError::Tune(e) => ValidateError::Tune(e),
+            HostRunError::Run(e) => e.into(),
+            HostRunError::Server(e) => ValidateError::Server(e),
+            HostRunError::Runtime(e) => ValidateError::Runtime(e),
+            HostRunError::Thread(e) => ValidateError::Thread(e),
+        }
+    }
 }
 
 impl From<RunError> for ValidateError {
@@ -148,7 +172,7 @@ pub struct TopologySysctls {
 /// What the workload was, for validate.json.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct WorkloadSummary {
-    pub mode: String,
+    pub mode: Mode,
     pub model: String,
     pub rate: Option<f64>,
     pub users: Option<u32>,
@@ -195,8 +219,8 @@ pub fn validate(
     stop: &Stop,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Outcome, ValidateError> {
-    settings::check_all("--base", &plan.base)?;
-    settings::check_all("--set", &plan.set)?;
+    settings::check_all("baseline settings", &plan.base)?;
+    settings::check_all("tuned settings", &plan.set)?;
     if !netns::has_cap_sys_admin() {
         return Err(TuneError::NeedsRoot.into());
     }
@@ -211,7 +235,7 @@ pub fn validate(
             ));
         }
     }
-    let port = server_port();
+    let port = hosts::server_port();
     let repeat = plan.repeat.max(1);
     let (mut baseline, mut tuned) = (Vec::new(), Vec::new());
     let mut sysctls = BTreeMap::new();
@@ -235,7 +259,17 @@ pub fn validate(
                 topology.client_addr(),
                 topology.server_addr(),
             ));
-            let record = hosts::run(&topology, &plan.config, port, stop, progress)?;
+            let record = hosts::run(
+                &topology,
+                &plan.config,
+                port,
+                HostRun {
+                    probe: ProbePlan::Require(Netns::All),
+                    live: Arc::new(Live::default()),
+                    stop,
+                    warn: progress,
+                },
+            )?;
             drop(topology);
             if stop.is_stopped() {
                 return Err(ValidateError::Interrupted);
@@ -294,17 +328,9 @@ fn read_back(plan: &Plan, topology: &Topology) -> Result<TopologySysctls, Valida
             .collect())
     };
     Ok(TopologySysctls {
-        client: read(Host::Client)?,
-        server: read(Host::Server)?,
+        client: read(Side::Client)?,
+        server: read(Side::Server)?,
     })
-}
-
-/// The server's port, the same in both topologies so that the records differ only in what was
-/// tuned. The probe watches every namespace filtered to this port, so it is taken below the
-/// default ephemeral range (32768+): a host connection happening to use it as its own source
-/// port would otherwise be counted in.
-fn server_port() -> u16 {
-    20000 + (std::process::id() % 10000) as u16
 }
 
 fn describe(c: &DriverConfig) -> String {
@@ -326,7 +352,7 @@ fn summary(c: &DriverConfig, repeat: u32) -> WorkloadSummary {
         Workload::Closed { users, .. } => ("closed", None, Some(users)),
     };
     WorkloadSummary {
-        mode: c.mode.as_str().to_string(),
+        mode: c.mode,
         model: model.to_string(),
         rate,
         users,
@@ -335,40 +361,79 @@ fn summary(c: &DriverConfig, repeat: u32) -> WorkloadSummary {
     }
 }
 
-/// Writes `baseline.json` and `tuned.json` (run records, so `loadprobe compare` reads them;
-/// with several repetitions they are the merged records, whose `repetitions` let `compare`
-/// judge noise, and each repetition is kept as `baseline-1.json`, ...) and `validate.json` into
-/// `dir`, creating it. Returns the paths written.
-pub fn write_outputs(dir: &Path, outcome: &Outcome) -> Result<Vec<String>, ValidateError> {
-    std::fs::create_dir_all(dir).map_err(|error| ValidateError::OutputDir {
-        path: dir.display().to_string(),
-        error,
-    })?;
-    let mut written = Vec::new();
-    let mut write = |file: String, record: &RunRecord| -> Result<(), ValidateError> {
-        let path = dir.join(file);
-        write_atomic(&path, record)?;
-        written.push(path.display().to_string());
-        Ok(())
-    };
-    for (name, records) in [("baseline", &outcome.baseline), ("tuned", &outcome.tuned)] {
-        write(format!("{name}.json"), &merge(records)?)?;
-        if records.len() > 1 {
-            for (i, record) in records.iter().enumerate() {
-                write(format!("{name}-{}.json", i + 1), record)?;
+/// The files `--output-dir` gets: `baseline.json` and `tuned.json` (the repetitions merged),
+/// with `--repeat` also `baseline-N.json` and `tuned-N.json` for each, and `validate.json`.
+/// Reserved before the runs ([`PendingOutput`]), so a folder that cannot be written fails
+/// before any namespace is made or any load is applied.
+pub struct Outputs {
+    dir: PathBuf,
+    files: BTreeMap<String, PendingOutput>,
+    /// The folder did not exist before: removed again if nothing is written.
+    created: bool,
+    written: bool,
+}
+
+impl Outputs {
+    pub fn create(dir: &Path, repeat: u32) -> Result<Outputs, ValidateError> {
+        let created = !dir.exists();
+        std::fs::create_dir_all(dir).map_err(|error| ValidateError::OutputDir {
+            path: dir.display().to_string(),
+            error,
+        })?;
+        let mut names = vec!["validate.json".to_string()];
+        for name in ["baseline", "tuned"] {
+            names.push(format!("{name}.json"));
+            if repeat > 1 {
+                names.extend((1..=repeat).map(|i| format!("{name}-{i}.json")));
             }
         }
-    }
-    let path = dir.join("validate.json");
-    let json = serde_json::to_vec_pretty(outcome)?;
-    std::fs::write(&path, [json, b"\n".to_vec()].concat()).map_err(|source| {
-        ReportError::Write {
-            path: path.display().to_string(),
-            source,
+        let mut outputs = Outputs {
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+            created,
+            written: false,
+        };
+        for name in names {
+            let file = PendingOutput::create(&dir.join(&name))?;
+            outputs.files.insert(name, file);
         }
-    })?;
-    written.push(path.display().to_string());
-    Ok(written)
+        Ok(outputs)
+    }
+
+    /// Writes the outcome's files; returns their paths. Files reserved for repetitions that
+    /// did not happen are not written (dropped, they leave nothing behind).
+    pub fn write(mut self, outcome: &Outcome) -> Result<Vec<String>, ValidateError> {
+        let mut written = Vec::new();
+        for (name, records) in [("baseline", &outcome.baseline), ("tuned", &outcome.tuned)] {
+            written.push(self.file(format!("{name}.json"))?.write(&merge(records)?)?);
+            if records.len() > 1 {
+                for (i, record) in records.iter().enumerate() {
+                    written.push(self.file(format!("{name}-{}.json", i + 1))?.write(record)?);
+                }
+            }
+        }
+        written.push(self.file("validate.json".to_string())?.write(outcome)?);
+        self.written = true;
+        Ok(written)
+    }
+
+    fn file(&mut self, name: String) -> Result<PendingOutput, ReportError> {
+        match self.files.remove(&name) {
+            Some(file) => Ok(file),
+            None => PendingOutput::create(&self.dir.join(name)),
+        }
+    }
+}
+
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        // The temporary files go first (dropped), then the folder if this made it and it is
+        // empty (remove_dir fails otherwise).
+        self.files.clear();
+        if self.created && !self.written {
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
 }
 
 #[cfg(test)]

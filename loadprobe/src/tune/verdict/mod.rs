@@ -18,6 +18,7 @@
 use serde::Serialize;
 
 use crate::compare::noise::{self, Noise};
+use crate::model::Side;
 use crate::report::{RunRecord, TimeWaitSide};
 
 /// The overall answer.
@@ -118,7 +119,7 @@ pub fn judge(baseline: &[RunRecord], tuned: &[RunRecord]) -> Judgement {
     metrics.push(latency("latency_p99_us", baseline, tuned, |r| {
         r.latency_us.total.p99
     }));
-    for side in ["client", "server"] {
+    for side in Side::ALL {
         if let Some(m) = overflow(side, baseline, tuned) {
             metrics.push(m);
         }
@@ -154,12 +155,8 @@ const TW_FIELDS: [(&str, TwField); 6] = [
     ("open", |t| t.open),
 ];
 
-fn tw_side<'a>(r: &'a RunRecord, side: &str) -> Option<&'a TimeWaitSide> {
-    match side {
-        "client" => Some(&r.time_wait.client),
-        "server" => Some(&r.time_wait.server),
-        _ => None,
-    }
+fn tw_side(r: &RunRecord, side: Side) -> Option<&TimeWaitSide> {
+    Some(r.time_wait.side(side))
 }
 
 fn error_classes(baseline: &[RunRecord], tuned: &[RunRecord]) -> Vec<String> {
@@ -257,7 +254,7 @@ fn errors(baseline: &[RunRecord], tuned: &[RunRecord]) -> MetricDelta {
 
 /// TIME_WAIT sockets not created (tcp_max_tw_buckets) on one side, as a share of the TIME_WAIT
 /// sockets that side needed. `None` when the source cannot tell (no probe).
-fn overflow(side: &str, baseline: &[RunRecord], tuned: &[RunRecord]) -> Option<MetricDelta> {
+fn overflow(side: Side, baseline: &[RunRecord], tuned: &[RunRecord]) -> Option<MetricDelta> {
     let counts = |records: &[RunRecord]| -> Option<(u64, u64)> {
         records.iter().try_fold((0, 0), |(o, n), r| {
             let t = tw_side(r, side)?;

@@ -93,6 +93,12 @@ fn group(n: u64) -> String {
     out
 }
 
+/// One decimal, none when it is 0: `1.5`, `2` (axis labels, seconds in words).
+pub fn tenths(v: f64) -> String {
+    let s = format!("{v:.1}");
+    s.strip_suffix(".0").map_or(s.clone(), str::to_string)
+}
+
 /// Cuts `s` to `width` characters, ending in `…` when cut.
 pub fn fit(s: &str, width: usize) -> String {
     if s.chars().count() <= width {

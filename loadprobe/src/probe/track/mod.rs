@@ -1,7 +1,8 @@
 //! Turns the probe's events into one record per connection: who closed it, how long each phase
-//! took, and the life of each TIME_WAIT socket it left behind.
+//! took, and the life of each TIME_WAIT socket it left behind. This module follows the full
+//! sockets (the connection state machine); `timewait` follows the timewait sockets they leave.
 //!
-//! Facts this relies on (shared/kernel/TIME_WAIT.md, sections 2 and 3):
+//! Facts this relies on (docs/kernel.md §2 and §3):
 //! * A client end is the socket that went `CLOSE->SYN_SENT` (or, when the probe leaves that
 //!   step out, `ProbeOptions::records`, first shows leaving `SYN_SENT`); a server end appears as
 //!   `LISTEN->SYN_RECV`. Both ends of a loopback or veth connection on this host are seen.
@@ -25,78 +26,8 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::Serialize;
 
 use super::event::endpoints;
-use crate::report::histograms::record_growing;
-
-/// How a connection ended, from the point of view of who acted first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Closer {
-    /// The client sent the first FIN.
-    Client,
-    /// The server sent the first FIN.
-    Server,
-    /// Both sent a FIN before seeing the other's.
-    Simultaneous,
-    /// The client aborted with an RST (SO_LINGER 0, or close with unread data).
-    ClientReset,
-    /// The server aborted with an RST.
-    ServerReset,
-    /// connect() failed.
-    Refused,
-    /// Opened before the probe started, or never closed while it ran.
-    Unknown,
-}
-
-impl Closer {
-    pub const ALL: [Closer; 7] = [
-        Closer::Client,
-        Closer::Server,
-        Closer::Simultaneous,
-        Closer::ClientReset,
-        Closer::ServerReset,
-        Closer::Refused,
-        Closer::Unknown,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Closer::Client => "client",
-            Closer::Server => "server",
-            Closer::Simultaneous => "simultaneous",
-            Closer::ClientReset => "client-reset",
-            Closer::ServerReset => "server-reset",
-            Closer::Refused => "refused",
-            Closer::Unknown => "unknown",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Side {
-    Client,
-    Server,
-}
-
-/// The substate of a timewait socket: an orphaned `FIN_WAIT2` waiting for the peer's FIN, or a
-/// true `TIME_WAIT`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Substate {
-    #[serde(rename = "FIN_WAIT2")]
-    FinWait2,
-    #[serde(rename = "TIME_WAIT")]
-    TimeWait,
-}
-
-impl Substate {
-    fn from_kernel(state: u8) -> Substate {
-        if state == st::FIN_WAIT2 {
-            Substate::FinWait2
-        } else {
-            Substate::TimeWait
-        }
-    }
-}
+use crate::model::{Closer, Side, Substate};
+use timewait::{CANCEL_GRACE_NS, REUSE_WINDOW_NS, Tuple, Tw, substate_of, tuple_of};
 
 /// How a timewait socket's life ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -118,6 +49,9 @@ pub enum TwEnd {
 #[derive(Clone, Debug, Serialize)]
 pub struct TimeWait {
     pub side: Side,
+    /// Network namespace (inode) of the timewait socket: its end's, which over veth need not
+    /// be the other end's.
+    pub netns: u32,
     /// The substate when it ended (or when the trace ended).
     pub substate: Substate,
     pub substate_start: Substate,
@@ -140,11 +74,15 @@ pub struct ConnRecord {
     pub close_us: Option<u64>,
     /// First event to the last end closed.
     pub lifetime_us: u64,
+    /// Network namespace (inode) of the first end seen; `client_netns` and `server_netns` say
+    /// each end's (null for an end the probe did not see).
     pub netns: u32,
+    pub client_netns: Option<u32>,
+    pub server_netns: Option<u32>,
     pub time_wait: Vec<TimeWait>,
 }
 
-/// Counters for TIME_WAIT on one side.
+/// Counters for the timewait sockets of one side in one substate (see [`Totals`]).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TwSideStats {
     pub entered: u64,
@@ -157,6 +95,13 @@ pub struct TwSideStats {
     pub killed: u64,
     pub overflow: u64,
     pub open: u64,
+    /// TIME_WAIT sockets the probe did not see created (older than it: another run's, or
+    /// from before) that these connections took over, apart from `reused`, which counts
+    /// only those of connections seen opening.
+    pub reused_older: u64,
+    /// FIN_WAIT2 only: those whose peer's FIN arrived, which moved them to TIME_WAIT (where
+    /// they count as entered).
+    pub to_time_wait: u64,
     /// How long the ended ones lived, in ms. A histogram, so that memory stays flat however
     /// many sockets a run makes (percentiles within 0.1 %).
     #[serde(skip)]
@@ -173,15 +118,50 @@ impl Default for Lifetimes {
 }
 
 /// The totals a trace reports at its end.
+///
+/// Timewait sockets count by substate, as `ss` tells them apart: `time_wait` holds those that
+/// were in TIME_WAIT (from their start, or from when the peer's FIN arrived), `fin_wait2` the
+/// orphans of a close whose peer had not sent its FIN. Each socket is in one group at a time:
+/// a FIN_WAIT2 one that moves on leaves `fin_wait2` as `to_time_wait` and enters `time_wait`;
+/// it ends (expired, killed, ...) in the group of its substate then.
 #[derive(Clone, Debug, Default)]
 pub struct Totals {
+    /// Connections by closer, counted when both ends have closed.
     pub closer: BTreeMap<Closer, u64>,
     pub time_wait: BTreeMap<Side, TwSideStats>,
+    pub fin_wait2: BTreeMap<Side, TwSideStats>,
     /// Timewait sockets of connections the probe did not see open (pre-existing, or not ours).
     pub time_wait_unmatched: u64,
 }
 
 impl Totals {
+    /// The counters of the substate group `substate`, for `side`.
+    fn side_mut(&mut self, substate: Substate, side: Side) -> &mut TwSideStats {
+        match substate {
+            Substate::TimeWait => self.time_wait.entry(side).or_default(),
+            Substate::FinWait2 => self.fin_wait2.entry(side).or_default(),
+        }
+    }
+
+    /// A timewait socket of `owner`'s side now has `substate`: it moves from the FIN_WAIT2
+    /// group to the TIME_WAIT group when its peer's FIN arrived (never back).
+    fn substate_now(&mut self, tw: &mut Tw, substate: Substate) {
+        if tw.substate != Substate::FinWait2 || substate != Substate::TimeWait {
+            return;
+        }
+        tw.substate = substate;
+        let Some((_, side)) = tw.owner else {
+            return;
+        };
+        let fw2 = self.side_mut(Substate::FinWait2, side);
+        fw2.current = fw2.current.saturating_sub(1);
+        fw2.to_time_wait += 1;
+        let stats = self.side_mut(Substate::TimeWait, side);
+        stats.entered += 1;
+        stats.current += 1;
+        stats.peak = stats.peak.max(stats.current);
+    }
+
     /// What happened since `earlier`, a copy of these totals taken then: counters and lifetimes
     /// are differences; the gauges (`current`, `peak`) are kept, so take `earlier` with
     /// [`Tracker::mark`], which also restarts the peaks.
@@ -190,22 +170,29 @@ impl Totals {
         for (closer, n) in &mut now.closer {
             *n = n.saturating_sub(earlier.closer.get(closer).copied().unwrap_or(0));
         }
-        for (side, stats) in &mut now.time_wait {
-            let Some(before) = earlier.time_wait.get(side) else {
-                continue;
-            };
-            for (n, then) in [
-                (&mut stats.entered, before.entered),
-                (&mut stats.expired, before.expired),
-                (&mut stats.reused, before.reused),
-                (&mut stats.killed, before.killed),
-                (&mut stats.overflow, before.overflow),
-                (&mut stats.open, before.open),
-            ] {
-                *n = n.saturating_sub(then);
+        for (group, before_group) in [
+            (&mut now.time_wait, &earlier.time_wait),
+            (&mut now.fin_wait2, &earlier.fin_wait2),
+        ] {
+            for (side, stats) in group {
+                let Some(before) = before_group.get(side) else {
+                    continue;
+                };
+                for (n, then) in [
+                    (&mut stats.entered, before.entered),
+                    (&mut stats.expired, before.expired),
+                    (&mut stats.reused, before.reused),
+                    (&mut stats.killed, before.killed),
+                    (&mut stats.overflow, before.overflow),
+                    (&mut stats.open, before.open),
+                    (&mut stats.to_time_wait, before.to_time_wait),
+                    (&mut stats.reused_older, before.reused_older),
+                ] {
+                    *n = n.saturating_sub(then);
+                }
+                // `earlier` is an older state of the same histogram: it cannot hold more.
+                let _ = stats.durations_ms.0.subtract(&before.durations_ms.0);
             }
-            // `earlier` is an older state of the same histogram: it cannot hold more.
-            let _ = stats.durations_ms.0.subtract(&before.durations_ms.0);
         }
         now.time_wait_unmatched = now
             .time_wait_unmatched
@@ -241,9 +228,16 @@ struct End {
     netns: u32,
     opened_ns: u64,
     established_ns: Option<u64>,
-    /// The first closing act and when it happened.
+    /// The first closing act and when it happened. A `SentFin` is when the FIN was queued: it
+    /// went on the wire then unless `fin_queued`.
     first_act: Option<(Act, u64)>,
     sent_fin: bool,
+    /// The FIN was queued behind data not yet sent, so it went out later, at a moment no event
+    /// shows.
+    fin_queued: bool,
+    /// An RST arrived: whether something this end queued (its FIN included) had still not been
+    /// sent then.
+    rst_unsent: Option<bool>,
     reset: bool,
     has_tw: bool,
     closed_ns: Option<u64>,
@@ -288,31 +282,12 @@ struct Conn {
     time_wait: Vec<TimeWait>,
     /// When the last end closed with no peer seen: the record waits a moment for a late peer.
     lone_since: Option<u64>,
-}
-
-#[derive(Debug)]
-struct Tw {
-    local: SocketAddr,
-    remote: SocketAddr,
-    start_ns: u64,
-    substate_start: Substate,
-    substate: Substate,
-    owner: Option<(ConnId, Side)>,
-    cancel_ns: Option<u64>,
+    /// Whether `Totals::closer` counts it already.
+    closer_counted: bool,
 }
 
 /// A lone end waits this long for its peer before it is classified on its own.
 const LONE_GRACE_NS: u64 = 20_000_000;
-/// A `timer_cancel` not followed within this time by an expiry or a restart was a kill. Both
-/// follow within microseconds on the same CPU; this leaves room for the reader's batching.
-const CANCEL_GRACE_NS: u64 = 5_000_000;
-/// A killed timewait socket counts as reused if a connection on its 4-tuple opens this soon.
-const REUSE_WINDOW_NS: u64 = 1_000_000_000;
-/// A cancel and a start this close together, same socket and tuple, are one reschedule
-/// (`__mod_timer` emits them back to back); a kill followed by a new timewait socket at the
-/// same address needs a whole new connection in between.
-const RESCHEDULE_NS: u64 = 100_000;
-
 /// Builds connection records from events. Feed it with [`Tracker::event`], call
 /// [`Tracker::tick`] regularly, and take finished records from [`Tracker::drain`].
 #[derive(Debug, Default)]
@@ -326,18 +301,23 @@ pub struct Tracker {
     next_id: ConnId,
     tws: HashMap<u64, Tw>,
     /// Timer cancels of timewait sockets the probe never saw created, by address.
-    foreign_cancels: HashMap<u64, (u64, (SocketAddr, SocketAddr))>,
+    foreign_cancels: HashMap<u64, (u64, Tuple)>,
+    /// Timewait sockets the probe never saw created, killed early (a cancel alone), by
+    /// (local, remote), with the time of the kill: for a moment they may still turn out to
+    /// have been taken over by a new connection.
+    foreign_dying: HashMap<Tuple, u64>,
+    foreign_dying_queue: VecDeque<(u64, Tuple)>,
     /// Timewait sockets older than the probe, still alive (see [`Tracker::set_baseline`]).
-    baseline: HashSet<(SocketAddr, SocketAddr)>,
+    baseline: HashSet<Tuple>,
     /// Live timewait sockets by (local, remote).
-    tw_by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
+    tw_by_tuple: HashMap<Tuple, u64>,
     /// Timewait sockets killed early, by (local, remote), with the time of the kill: for a
     /// moment they may still turn out to have been reused.
-    dying: HashMap<(SocketAddr, SocketAddr), (Tw, u64)>,
+    dying: HashMap<Tuple, (Tw, u64)>,
     /// What `tick` waits on, in event order: timer cancels (kill or not?), killed sockets
     /// (reused or not?), lone ends (peer coming or not?).
     cancel_queue: VecDeque<(u64, u64)>,
-    dying_queue: VecDeque<(u64, (SocketAddr, SocketAddr))>,
+    dying_queue: VecDeque<(u64, Tuple)>,
     lone_queue: VecDeque<(u64, ConnId)>,
     done: Vec<ConnRecord>,
     totals: Totals,
@@ -372,10 +352,21 @@ impl Tracker {
     /// Marks the start of a measured window (a run's warmup is over): returns the totals so
     /// far, for [`Totals::since`], and restarts each side's peak from what is alive now.
     pub fn mark(&mut self) -> Totals {
-        for stats in self.totals.time_wait.values_mut() {
+        let totals = &mut self.totals;
+        for stats in totals
+            .time_wait
+            .values_mut()
+            .chain(totals.fin_wait2.values_mut())
+        {
             stats.peak = stats.current;
         }
         self.totals.clone()
+    }
+
+    /// Connection ends the probe saw and has not yet seen close: after a run's load stops,
+    /// the closes still on their way.
+    pub fn open_ends(&self) -> usize {
+        self.ends.len()
     }
 
     /// Timewait sockets the probe saw being created and not yet ending, on any side.
@@ -385,11 +376,17 @@ impl Tracker {
 
     /// Sets the timewait sockets that existed before the probe (local, remote), as the kernel
     /// listed them right after the probe attached. Those the probe has already seen created are
-    /// left out; the others leave the set as the probe sees them end.
-    pub fn set_baseline(&mut self, tuples: impl IntoIterator<Item = (SocketAddr, SocketAddr)>) {
+    /// left out; the others leave the set as the probe sees them end. `netns`: the namespace
+    /// the kernel listed them in (inode).
+    pub fn set_baseline(
+        &mut self,
+        netns: u32,
+        tuples: impl IntoIterator<Item = (SocketAddr, SocketAddr)>,
+    ) {
         let known = &self.tw_by_tuple;
         self.baseline = tuples
             .into_iter()
+            .map(|(local, remote)| (netns, local, remote))
             .filter(|t| !known.contains_key(t))
             .collect();
     }
@@ -409,27 +406,32 @@ impl Tracker {
         match e.kind {
             kind::SET_STATE => self.set_state(e),
             kind::RST_SENT => self.act(e.addr, Act::SentRst, e.ts_ns),
-            kind::RST_RECEIVED => self.act(e.addr, Act::GotRst, e.ts_ns),
+            kind::RST_RECEIVED => {
+                if let Some(end) = self.end_mut(e.addr) {
+                    end.rst_unsent = Some(e.unsent != 0);
+                }
+                self.act(e.addr, Act::GotRst, e.ts_ns)
+            }
             kind::TW_START => self.tw_start(e),
             kind::TW_CANCEL => match self.tws.get_mut(&e.addr) {
                 Some(tw) => {
                     tw.cancel_ns = Some(e.ts_ns);
-                    tw.substate = Substate::from_kernel(e.old_state);
+                    self.totals.substate_now(tw, substate_of(e.old_state));
                     self.cancel_queue.push_back((e.ts_ns, e.addr));
                 }
                 None => {
-                    self.foreign_cancels.insert(e.addr, (e.ts_ns, endpoints(e)));
+                    self.foreign_cancels.insert(e.addr, (e.ts_ns, tuple_of(e)));
                     self.cancel_queue.push_back((e.ts_ns, e.addr));
                 }
             },
             kind::TW_EXPIRE => match self.remove_tw(e.addr) {
                 Some(mut tw) => {
-                    tw.substate = Substate::from_kernel(e.old_state);
+                    self.totals.substate_now(&mut tw, substate_of(e.old_state));
                     self.tw_end(tw, TwEnd::Expired, e.ts_ns, false);
                 }
                 None => {
                     self.foreign_cancels.remove(&e.addr);
-                    self.baseline.remove(&endpoints(e));
+                    self.baseline.remove(&tuple_of(e));
                 }
             },
             _ => {}
@@ -460,6 +462,17 @@ impl Tracker {
                 && let Some((_, tuple)) = self.foreign_cancels.remove(&addr)
             {
                 self.baseline.remove(&tuple);
+                self.foreign_dying.insert(tuple, at);
+                self.foreign_dying_queue.push_back((at, tuple));
+            }
+        }
+        while let Some(&(at, tuple)) = self.foreign_dying_queue.front() {
+            if now_ns.saturating_sub(at) <= REUSE_WINDOW_NS {
+                break;
+            }
+            self.foreign_dying_queue.pop_front();
+            if self.foreign_dying.get(&tuple) == Some(&at) {
+                self.foreign_dying.remove(&tuple);
             }
         }
         while let Some(&(at, tuple)) = self.dying_queue.front() {
@@ -566,7 +579,12 @@ impl Tracker {
                 conn.live.push(e.addr);
                 conn.lone_since = None;
             }
-            self.took_tuple(local, remote);
+            let side = if client_side {
+                Side::Client
+            } else {
+                Side::Server
+            };
+            self.took_tuple((e.netns, local, remote), side);
         }
         match (old, new) {
             (_, st::ESTABLISHED) => {
@@ -575,7 +593,12 @@ impl Tracker {
                     .map(|end| end.established_ns.get_or_insert(e.ts_ns));
             }
             (st::ESTABLISHED | st::SYN_RECV, st::FIN_WAIT1) => {
-                self.act(e.addr, Act::SentFin, e.ts_ns)
+                self.act(e.addr, Act::SentFin, e.ts_ns);
+                if e.unsent != 0
+                    && let Some(end) = self.ends.get_mut(&e.addr)
+                {
+                    end.fin_queued = true;
+                }
             }
             (st::ESTABLISHED, st::CLOSE_WAIT) => self.act(e.addr, Act::GotFin, e.ts_ns),
             (_, st::CLOSE) => {
@@ -594,7 +617,7 @@ impl Tracker {
                         // Its FIN was acknowledged, by the peer's timewait socket if it has
                         // one: that socket is in TIME_WAIT now, even if its timer's re-arm was
                         // silent (same wheel bucket: no tracepoint).
-                        self.peer_fin_arrived(end.remote, end.local);
+                        self.peer_fin_arrived((end.netns, end.remote, end.local));
                     }
                     self.close_end(e.addr, end, false);
                 }
@@ -603,10 +626,9 @@ impl Tracker {
         }
     }
 
-    fn act(&mut self, addr: u64, act: Act, ts: u64) {
-        // The kernel moves a socket to CLOSE before it sends its abortive RST, so the end may
-        // already be filed under its connection.
-        let end = match self.ends.get_mut(&addr) {
+    /// The end at kernel address `addr`, live or already filed under its connection.
+    fn end_mut(&mut self, addr: u64) -> Option<&mut End> {
+        match self.ends.get_mut(&addr) {
             Some(end) => Some(end),
             None => self
                 .closed
@@ -618,8 +640,13 @@ impl Tracker {
                         .flatten()
                         .find(|e| e.addr == addr)
                 }),
-        };
-        let Some(end) = end else {
+        }
+    }
+
+    fn act(&mut self, addr: u64, act: Act, ts: u64) {
+        // The kernel moves a socket to CLOSE before it sends its abortive RST, so the end may
+        // already be filed under its connection.
+        let Some(end) = self.end_mut(addr) else {
             return;
         };
         match act {
@@ -632,6 +659,11 @@ impl Tracker {
 
     /// A full socket reached CLOSE (or the trace ended): file it under its connection.
     fn close_end(&mut self, addr: u64, end: End, at_exit: bool) {
+        if end.conn.is_none() && end.local.port() == 0 {
+            // Never had a port: connect() failed on this host (EADDRNOTAVAIL) before any SYN
+            // left, or the trace ended before autobind. Not a connection.
+            return;
+        }
         let (key, client_side) = end.key_for();
         let id = match end.conn {
             Some(id) => id,
@@ -692,6 +724,7 @@ impl Tracker {
                 tw_live: 0,
                 time_wait: Vec::new(),
                 lone_since: None,
+                closer_counted: false,
             },
         );
         self.current.insert(key, id);
@@ -699,9 +732,16 @@ impl Tracker {
     }
 
     fn maybe_finish(&mut self, key: ConnId, force: bool) {
-        let Some(conn) = self.conns.get(&key) else {
+        let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
+        // Counted once both ends are closed, not when the record is complete (a minute later
+        // for a connection whose record waits for its timewait sockets): live totals, such as
+        // `trace --metrics` serves, show a close when it happened.
+        if conn.live.is_empty() && conn.lone_since.is_none() && !conn.closer_counted {
+            conn.closer_counted = true;
+            *self.totals.closer.entry(conn.closer()).or_default() += 1;
+        }
         let tw_wait = conn.tw_live > 0 && self.wait_for_timewait;
         let waiting = !conn.live.is_empty() || tw_wait || conn.lone_since.is_some();
         if waiting && !force {
@@ -721,222 +761,12 @@ impl Tracker {
         if self.current.get(&conn.key) == Some(&key) {
             self.current.remove(&conn.key);
         }
+        let counted = conn.closer_counted;
         let record = conn.record();
-        *self.totals.closer.entry(record.closer).or_default() += 1;
+        if !counted {
+            *self.totals.closer.entry(record.closer).or_default() += 1;
+        }
         self.done.push(record);
-    }
-
-    fn tw_start(&mut self, e: &Event) {
-        let (local, remote) = endpoints(e);
-        let substate = Substate::from_kernel(e.old_state);
-        if let Some((cancel, tuple)) = self.foreign_cancels.remove(&e.addr) {
-            if tuple == (local, remote) && e.ts_ns.saturating_sub(cancel) < RESCHEDULE_NS {
-                return; // a reschedule of a timewait socket older than the probe
-            }
-            // It was killed, and the kernel reused its memory at once for this new one.
-            self.baseline.remove(&tuple);
-        }
-        // Created just before the baseline was read: the probe knows it now.
-        self.baseline.remove(&(local, remote));
-        if let Some(tw) = self.tws.get_mut(&e.addr) {
-            let same = tw.local == local && tw.remote == remote;
-            if same
-                && tw
-                    .cancel_ns
-                    .is_some_and(|c| e.ts_ns.saturating_sub(c) < RESCHEDULE_NS)
-            {
-                tw.cancel_ns = None; // a visible reschedule: same socket, new expiry
-                tw.substate = substate;
-                return;
-            }
-            // The kernel freed the old socket (a kill) and reused its memory.
-            if let Some(old) = self.remove_tw(e.addr) {
-                let at = old.cancel_ns.unwrap_or(e.ts_ns);
-                self.kill(old, at);
-            }
-        }
-        let owner = self.owner_of(local, remote, e.netns);
-        match owner {
-            Some((key, side)) => {
-                if let Some(conn) = self.conns.get_mut(&key) {
-                    conn.tw_live += 1;
-                    for addr in &conn.live {
-                        if let Some(end) = self.ends.get_mut(addr)
-                            && end.local == local
-                        {
-                            end.has_tw = true;
-                        }
-                    }
-                }
-                let stats = self.totals.time_wait.entry(side).or_default();
-                stats.entered += 1;
-                stats.current += 1;
-                stats.peak = stats.peak.max(stats.current);
-            }
-            None => self.totals.time_wait_unmatched += 1,
-        }
-        if let Some(old) = self.tw_by_tuple.insert((local, remote), e.addr)
-            && old != e.addr
-            && let Some(stale) = self.remove_tw(old)
-        {
-            let at = stale.cancel_ns.unwrap_or(e.ts_ns);
-            self.kill(stale, at);
-            self.tw_by_tuple.insert((local, remote), e.addr);
-        }
-        self.tws.insert(
-            e.addr,
-            Tw {
-                local,
-                remote,
-                start_ns: e.ts_ns,
-                substate_start: substate,
-                substate,
-                owner,
-                cancel_ns: None,
-            },
-        );
-    }
-
-    /// The connection and side a timewait socket with this local/remote pair belongs to.
-    fn owner_of(
-        &self,
-        local: SocketAddr,
-        remote: SocketAddr,
-        netns: u32,
-    ) -> Option<(ConnId, Side)> {
-        [
-            (ConnKey::new(local, remote, netns), Side::Client),
-            (ConnKey::new(remote, local, netns), Side::Server),
-        ]
-        .into_iter()
-        .find_map(|(key, side)| {
-            let id = *self.current.get(&key)?;
-            (self.side_of(id, local) == Some(side)).then_some((id, side))
-        })
-    }
-
-    /// Which side of connection `id` has the local address `local`.
-    fn side_of(&self, id: ConnId, local: SocketAddr) -> Option<Side> {
-        let conn = self.conns.get(&id)?;
-        let key = conn.key;
-        let ends = conn
-            .live
-            .iter()
-            .filter_map(|a| self.ends.get(a))
-            .chain(conn.client.iter())
-            .chain(conn.server.iter());
-        for end in ends {
-            if end.local == local {
-                return match end.role {
-                    Role::Client => Some(Side::Client),
-                    Role::Server => Some(Side::Server),
-                    Role::Unknown => (local == key.client)
-                        .then_some(Side::Client)
-                        .or(Some(Side::Server)),
-                };
-            }
-        }
-        None
-    }
-
-    /// A new connection took this 4-tuple: a timewait socket on it whose timer was just
-    /// cancelled was killed for it (tcp_tw_reuse on connect, or a SYN accepted in TIME_WAIT).
-    fn took_tuple(&mut self, local: SocketAddr, remote: SocketAddr) {
-        if let Some((tw, at)) = self.dying.remove(&(local, remote)) {
-            self.tw_end(tw, TwEnd::Reused, at, true);
-        }
-        let Some(&addr) = self.tw_by_tuple.get(&(local, remote)) else {
-            return;
-        };
-        if let Some(at) = self.tws.get(&addr).and_then(|tw| tw.cancel_ns)
-            && let Some(tw) = self.remove_tw(addr)
-        {
-            self.tw_end(tw, TwEnd::Reused, at, false);
-        }
-    }
-
-    /// The timewait socket is gone from the kernel, killed early: it leaves the gauge now and
-    /// waits, by 4-tuple, to learn whether a new connection took its place.
-    fn kill(&mut self, tw: Tw, at: u64) {
-        if let Some((_, side)) = tw.owner {
-            let stats = self.totals.time_wait.entry(side).or_default();
-            stats.current = stats.current.saturating_sub(1);
-        }
-        self.dying_queue.push_back((at, (tw.local, tw.remote)));
-        if let Some((older, older_at)) = self.dying.insert((tw.local, tw.remote), (tw, at)) {
-            self.tw_end(older, TwEnd::Killed, older_at, true);
-        }
-    }
-
-    fn peer_fin_arrived(&mut self, local: SocketAddr, remote: SocketAddr) {
-        if let Some(addr) = self.tw_by_tuple.get(&(local, remote))
-            && let Some(tw) = self.tws.get_mut(addr)
-        {
-            tw.substate = Substate::TimeWait;
-        }
-    }
-
-    fn remove_tw(&mut self, addr: u64) -> Option<Tw> {
-        let tw = self.tws.remove(&addr)?;
-        if self.tw_by_tuple.get(&(tw.local, tw.remote)) == Some(&addr) {
-            self.tw_by_tuple.remove(&(tw.local, tw.remote));
-        }
-        Some(tw)
-    }
-
-    /// Records the end of a timewait socket; `released`: already off the gauge (see `kill`).
-    fn tw_end(&mut self, tw: Tw, end: TwEnd, at_ns: u64, released: bool) {
-        let Some((key, side)) = tw.owner else {
-            return;
-        };
-        let duration_ms = at_ns.saturating_sub(tw.start_ns) / 1_000_000;
-        let stats = self.totals.time_wait.entry(side).or_default();
-        if !released {
-            stats.current = stats.current.saturating_sub(1);
-        }
-        match end {
-            TwEnd::Expired => stats.expired += 1,
-            TwEnd::Reused => stats.reused += 1,
-            TwEnd::Killed => stats.killed += 1,
-            TwEnd::Overflow => stats.overflow += 1,
-            TwEnd::Open => stats.open += 1,
-        }
-        record_growing(&mut stats.durations_ms.0, duration_ms);
-        if let Some(conn) = self.conns.get_mut(&key) {
-            conn.tw_live = conn.tw_live.saturating_sub(1);
-            conn.time_wait.push(TimeWait {
-                side,
-                substate: tw.substate,
-                substate_start: tw.substate_start,
-                duration_ms,
-                end,
-            });
-            if end != TwEnd::Open {
-                self.maybe_finish(key, false);
-            }
-        }
-    }
-
-    /// The end went to CLOSE from a state that makes a timewait socket, but none was made.
-    fn overflow(&mut self, end: &End) {
-        let Some(id) = end.conn else {
-            return;
-        };
-        let side = if end.key_for().1 {
-            Side::Client
-        } else {
-            Side::Server
-        };
-        self.totals.time_wait.entry(side).or_default().overflow += 1;
-        if let Some(conn) = self.conns.get_mut(&id) {
-            conn.time_wait.push(TimeWait {
-                side,
-                substate: Substate::TimeWait,
-                substate_start: Substate::TimeWait,
-                duration_ms: 0,
-                end: TwEnd::Overflow,
-            });
-        }
     }
 }
 
@@ -959,6 +789,8 @@ impl End {
             established_ns: None,
             first_act: None,
             sent_fin: false,
+            fin_queued: false,
+            rst_unsent: None,
             reset: false,
             has_tw: false,
             closed_ns: None,
@@ -981,6 +813,41 @@ impl End {
         } else {
             (ConnKey::new(self.remote, self.local, self.netns), false)
         }
+    }
+}
+
+impl End {
+    /// The closer, when this end (on `side`) closed first but its FIN had to wait behind
+    /// unsent data: the FIN went on the wire at a moment no event shows, after it was queued
+    /// and before the peer received it. `None` when its FIN went out at once (or it sent none).
+    fn queued_fin_closer(&self, side: Side, peer: Option<&End>) -> Option<Closer> {
+        let Some((Act::SentFin, queued_at)) = self.first_act else {
+            return None;
+        };
+        // Still unsent when the peer's RST came: the RST was on the wire first.
+        if self.rst_unsent == Some(true) {
+            return Some(Closer::of(side.other(), true));
+        }
+        if !self.fin_queued {
+            return None;
+        }
+        Some(match peer.and_then(|p| p.first_act) {
+            // The peer got the FIN before it did anything itself.
+            Some((Act::GotFin, _)) => Closer::of(side, false),
+            // The peer acted before this end even queued its FIN.
+            Some((act @ (Act::SentFin | Act::SentRst), at)) if at < queued_at => {
+                Closer::of(side.other(), act == Act::SentRst)
+            }
+            // The peer acted while the FIN waited or was on its way: which came first on the
+            // wire no event tells.
+            Some((Act::SentFin | Act::SentRst, _)) => Closer::Unknown,
+            // The peer got this end's RST: its own abort, after the FIN.
+            Some((Act::GotRst, _)) => return None,
+            // The peer not seen: an RST came after the FIN went out (the order is unknown),
+            // or nothing did and the FIN was the first.
+            None if self.rst_unsent.is_some() => Closer::Unknown,
+            None => Closer::of(side, false),
+        })
     }
 }
 
@@ -1008,6 +875,8 @@ impl Conn {
             close_us: first_close.map(|t| us(t, closed)),
             lifetime_us: us(opened, closed),
             netns,
+            client_netns: self.client.as_ref().map(|e| e.netns),
+            server_netns: self.server.as_ref().map(|e| e.netns),
             time_wait: self.time_wait,
         }
     }
@@ -1030,6 +899,11 @@ impl Conn {
                 return Closer::Simultaneous;
             }
         }
+        for (end, side, peer) in [(c, Side::Client, s), (s, Side::Server, c)] {
+            if let Some(closer) = end.and_then(|e| e.queued_fin_closer(side, peer)) {
+                return closer;
+            }
+        }
         // The earliest act on either end decides; what the peer received tells about the peer.
         let first = [(c, Side::Client), (s, Side::Server)]
             .into_iter()
@@ -1043,14 +917,10 @@ impl Conn {
             (Side::Client, true) | (Side::Server, false) => Side::Client,
             _ => Side::Server,
         };
-        match (closer_side, matches!(act, Act::SentRst | Act::GotRst)) {
-            (Side::Client, false) => Closer::Client,
-            (Side::Server, false) => Closer::Server,
-            (Side::Client, true) => Closer::ClientReset,
-            (Side::Server, true) => Closer::ServerReset,
-        }
+        Closer::of(closer_side, matches!(act, Act::SentRst | Act::GotRst))
     }
 }
 
 #[cfg(test)]
 mod tests;
+mod timewait;

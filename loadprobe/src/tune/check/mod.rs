@@ -1,7 +1,7 @@
 //! `tune check`: what the churn-related sysctls of a network namespace really do on this kernel,
 //! which folklore they reflect, and what a workload will do to TIME_WAIT and ephemeral ports.
 //!
-//! The facts come from TIME_WAIT.md §5 (checked on 6.18). The analysis is a pure function of the
+//! The facts come from docs/kernel.md §5 (checked on 6.18). The analysis is a pure function of the
 //! sysctl values ([`analyse`]), so it can be tested with fixed inputs; [`Input::read`] is the only
 //! part that looks at the kernel.
 //!
@@ -15,20 +15,15 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use super::TuneError;
-use super::predict::{Prediction, Recommendation, Reuse, predict, recommend};
-use crate::driver::Mode;
-use crate::kernel::{self, KernelError, PortRange};
+use super::predict::{Knobs, Prediction, Recommendation, Workload, predict, recommend};
 
-/// TIME_WAIT length: `TCP_TIMEWAIT_LEN`, a compile-time constant, whatever the sysctls say.
-pub const TIME_WAIT_SECS: f64 = 60.0;
-/// A recommendation must sustain this many times the requested rate: running right at the limit
-/// fails at the first burst.
-pub const HEADROOM: f64 = 1.25;
+use crate::kernel::tcp::{TIME_WAIT_SECS, is_loopback};
+use crate::kernel::{self, KernelError, Ports};
 
 /// A sysctl `tune check` reports, with what it really does.
 pub struct Known {
     pub key: &'static str,
-    /// Whether each network namespace has its own value (TIME_WAIT.md §5, checked on 6.18).
+    /// Whether each network namespace has its own value (docs/kernel.md §5, checked on 6.18).
     pub per_netns: bool,
     pub meaning: &'static str,
 }
@@ -115,14 +110,6 @@ pub const KNOWN: &[Known] = &[
     },
 ];
 
-/// The ephemeral ports of a namespace, as the kernel module parses them.
-#[derive(Serialize, Clone, Copy, Debug, PartialEq)]
-pub struct Ports {
-    pub range: PortRange,
-    /// Range size minus reserved ports inside it.
-    pub usable: u32,
-}
-
 /// What the analysis looks at: one namespace's sysctl values.
 #[derive(Clone, Debug, Default)]
 pub struct Input {
@@ -169,17 +156,6 @@ impl Input {
     }
 }
 
-/// The workload to predict for.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Workload {
-    pub mode: Mode,
-    /// Requests per second, as `loadprobe run --rate`; each is a new connection except in
-    /// keep-alive mode.
-    pub rate: f64,
-    /// The destination address, if known: reuse=2 depends on it.
-    pub target: Option<IpAddr>,
-}
-
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -215,58 +191,6 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prediction: Option<Prediction>,
     pub recommendations: Vec<Recommendation>,
-}
-
-/// The sysctl values that drive the analysis, with the kernel's defaults for absent ones.
-pub(super) struct Knobs {
-    pub(super) reuse: u64,
-    pub(super) reuse_delay_ms: Option<u64>,
-    pub(super) timestamps: bool,
-    pub(super) fin_timeout: Option<u64>,
-    pub(super) max_tw: Option<u64>,
-    pub(super) unprivileged_start: u16,
-    pub(super) recycle_exists: bool,
-}
-
-impl Knobs {
-    pub(super) fn from(sysctls: &BTreeMap<String, String>) -> Knobs {
-        let num = |key: &str| sysctls.get(key).and_then(|v| v.trim().parse::<u64>().ok());
-        Knobs {
-            reuse: num("net.ipv4.tcp_tw_reuse").unwrap_or(0),
-            reuse_delay_ms: num("net.ipv4.tcp_tw_reuse_delay"),
-            timestamps: num("net.ipv4.tcp_timestamps").unwrap_or(1) != 0,
-            fin_timeout: num("net.ipv4.tcp_fin_timeout"),
-            max_tw: num("net.ipv4.tcp_max_tw_buckets"),
-            unprivileged_start: num("net.ipv4.ip_unprivileged_port_start")
-                .and_then(|p| u16::try_from(p).ok())
-                .unwrap_or(1024),
-            recycle_exists: sysctls.contains_key("net.ipv4.tcp_tw_recycle"),
-        }
-    }
-
-    /// Before 6.14 (no sysctl) reuse waited a fixed second.
-    pub(super) fn reuse_delay_s(&self) -> f64 {
-        self.reuse_delay_ms.unwrap_or(1000) as f64 / 1000.0
-    }
-
-    pub(super) fn reuse_for(&self, target_loopback: Option<bool>) -> Reuse {
-        match (self.reuse, self.timestamps) {
-            (0, _) => Reuse::Off,
-            (_, false) => Reuse::NoTimestamps,
-            (2, _) if target_loopback != Some(true) => Reuse::LoopbackOnly,
-            _ => Reuse::Applies,
-        }
-    }
-}
-
-/// Loopback as `tcp_twsk_unique` sees it for reuse=2: 127/8, ::1, or v4-mapped 127/8.
-pub fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
 }
 
 /// The analysis: sysctl explanations, findings, and for a workload a prediction and
@@ -450,7 +374,7 @@ fn findings(input: &Input, knobs: &Knobs, target: Option<IpAddr>) -> Vec<Finding
             format!(
                 "above {max}/60 = {:.0} closes/s on one side, TIME_WAIT sockets are dropped \
                  without a log message (only TcpExt.TCPTimeWaitOverflow counts them)",
-                max as f64 / TIME_WAIT_SECS
+                max as f64 / TIME_WAIT_SECS as f64
             ),
         );
     }
@@ -470,7 +394,7 @@ fn findings(input: &Input, knobs: &Knobs, target: Option<IpAddr>) -> Vec<Finding
                 } else {
                     String::new()
                 },
-                f64::from(ports.usable) / TIME_WAIT_SECS
+                f64::from(ports.usable) / TIME_WAIT_SECS as f64
             ),
         );
     }

@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::Live;
+use crate::model::{Live, TimeWaitPoint};
 
 /// Counts for one side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,9 +29,6 @@ pub struct TwCount {
     pub open: u64,
 }
 
-/// One sample of the per-side counts (the same shape the probe's timeline uses).
-pub use crate::probe::session::TimeWaitPoint as TwPoint;
-
 /// What sampling saw over the run.
 #[derive(Debug, Clone, Default)]
 pub struct TwObserved {
@@ -39,7 +36,7 @@ pub struct TwObserved {
     pub source: &'static str,
     pub client: TwCount,
     pub server: TwCount,
-    pub timeline: Vec<TwPoint>,
+    pub timeline: Vec<TimeWaitPoint>,
     /// Why sampling failed, if it did.
     pub error: Option<String>,
 }
@@ -60,7 +57,7 @@ pub fn list_time_wait() -> io::Result<(&'static str, Vec<TwEntry>)> {
     if let Ok(sockets) = crate::diag::timewait_sockets() {
         let entries = sockets
             .into_iter()
-            .filter(|tw| tw.substate == crate::diag::Substate::TimeWait)
+            .filter(|tw| tw.substate == crate::model::Substate::TimeWait)
             .map(|tw| TwEntry {
                 local: tw.local,
                 remote: tw.remote,
@@ -170,10 +167,11 @@ fn sample(
     }
     update(&mut obs.client, &seen.0, &client);
     update(&mut obs.server, &seen.1, &server);
-    obs.timeline.push(TwPoint {
+    obs.timeline.push(TimeWaitPoint {
         t_ms: start.elapsed().as_millis() as u64,
         client: obs.client.open,
         server: obs.server.open,
+        ..TimeWaitPoint::default()
     });
     *seen = (client, server);
     Ok(())
