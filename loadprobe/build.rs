@@ -20,7 +20,10 @@ const PACKAGE: &str = "loadprobe-ebpf";
 const BIN: &str = "loadprobe";
 
 fn main() -> anyhow::Result<()> {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../loadprobe-ebpf");
+    // Read when the script runs, not built into it: a target dir copied to another checkout
+    // would otherwise keep watching the first checkout's sources.
+    let manifest_dir = env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
+    let root = format!("{manifest_dir}/../loadprobe-ebpf");
     // The library target covers the crate's dependencies; this covers the binary's sources.
     println!("cargo:rerun-if-changed={root}");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);

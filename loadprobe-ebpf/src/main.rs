@@ -545,12 +545,13 @@ struct Handled {
     key: u64,
 }
 
-/// Per CPU. At most two hits wait at once (a softirq's, inside a process-context one), but an
-/// entry stays behind when the kernel skips `inet_sock_set_state_nested` (a hit interrupting it):
-/// entries more than [`HANDLED_STALE_RUNS`] runs old count as free. That is far more state
-/// changes than one softirq makes while a process-context hit waits (a network softirq stops
-/// after 300 packets), and far fewer than it takes to leave 8 entries behind. Slot 0 holds no
-/// entry but the run counter, in `run`.
+/// Per CPU. At most two hits wait at once (a softirq's, inside a process-context one), but
+/// entries stay behind: when the kernel skips `inet_sock_set_state_nested` (a hit interrupting
+/// it), and for every state change on the host between the attaching of the two programs.
+/// Entries more than [`HANDLED_STALE_RUNS`] runs old match nothing and count as free: far more
+/// state changes than one softirq makes while a process-context hit waits (a network softirq
+/// stops after 300 packets). With no slot free the oldest entry is taken, never a waiting one.
+/// Slot 0 holds no entry but the run counter, in `run`.
 #[map]
 static HANDLED: PerCpuArray<Handled> = PerCpuArray::with_max_entries(HANDLED_SLOTS + 1, 0);
 const HANDLED_SLOTS: u32 = 8;
@@ -578,23 +579,36 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let run = unsafe { (*counter).run } + 1;
     // SAFETY: as above.
     unsafe { (*counter).run = run };
+    // Every hit is noted, or `inet_sock_set_state_nested` would handle it a second time (a
+    // second `SYN_SENT->ESTABLISHED` reads as another process taking the client end). So the
+    // slot is a free or stale one if there is one, else the oldest: while this program was
+    // attached and its partner not yet, every hit on the host left an entry behind, and only
+    // the one or two newest entries can still be waited for.
+    let (mut chosen, mut chosen_at) = (0, u64::MAX);
     for slot in 1..=HANDLED_SLOTS {
         if let Some(entry) = HANDLED.get_ptr_mut(slot) {
-            // SAFETY: `entry` is a non-null pointer to this CPU's slot; taking field addresses
-            // reads nothing.
-            let (at, key) = unsafe { (&raw mut (*entry).run, &raw mut (*entry).key) };
-            // SAFETY: aligned `u64` fields of this CPU's slot. A program interrupting this one
-            // (`inet_sock_set_state_nested` for a softirq's hit) may use them meanwhile: aligned
-            // `u64` loads and stores do not tear, and a stale value only makes a match miss.
-            if unsafe { *key == 0 || run - *at > HANDLED_STALE_RUNS } {
-                // The run first: a matching key then always comes with its own run.
-                // SAFETY: as above.
-                unsafe {
-                    core::ptr::write_volatile(at, run);
-                    core::ptr::write_volatile(key, hit_key(&ctx));
-                }
+            // SAFETY: a non-null pointer to this CPU's slot, whose `u64` fields are aligned. A
+            // program interrupting this one (`inet_sock_set_state_nested` for a softirq's hit)
+            // may write them meanwhile: aligned `u64` loads do not tear, and a stale value only
+            // makes the choice of slot a worse one.
+            let (at, key) = unsafe { ((*entry).run, (*entry).key) };
+            if key == 0 || run - at > HANDLED_STALE_RUNS {
+                chosen = slot;
                 break;
             }
+            if at < chosen_at {
+                (chosen, chosen_at) = (slot, at);
+            }
+        }
+    }
+    if chosen != 0
+        && let Some(entry) = HANDLED.get_ptr_mut(chosen)
+    {
+        // The run first: a matching key then always comes with its own run.
+        // SAFETY: a non-null pointer to this CPU's slot; aligned `u64` stores do not tear.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*entry).run, run);
+            core::ptr::write_volatile(&raw mut (*entry).key, hit_key(&ctx));
         }
     }
     0

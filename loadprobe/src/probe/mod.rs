@@ -303,20 +303,18 @@ impl Probe {
         } else {
             &[]
         };
-        let mut program_fds = Vec::new();
-        for &(name, tracepoint, skips_lose_events) in
-            SOCKET_PROGRAMS.iter().chain(timewait_programs)
-        {
-            let program: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| ProbeError::Missing(format!("program {name}")))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| {
-                    ProbeError::load(format!("program {name}"), e)
-                })?;
-            program
+        let programs: Vec<_> = SOCKET_PROGRAMS.iter().chain(timewait_programs).collect();
+        // Every program is verified before the first is attached: the two set_state programs
+        // work as a pair, and the first alone (while the verifier took its time over the
+        // second, on a busy host) noted hits for a partner that was not there yet.
+        for &&(name, _, _) in &programs {
+            raw_tracepoint(&mut ebpf, name)?
                 .load()
                 .map_err(|e| ProbeError::load(format!("program {name}"), e))?;
+        }
+        let mut program_fds = Vec::new();
+        for &&(name, tracepoint, skips_lose_events) in &programs {
+            let program = raw_tracepoint(&mut ebpf, name)?;
             program.attach(tracepoint).map_err(|e| ProbeError::Attach {
                 tracepoint,
                 source: Box::new(e),
@@ -545,6 +543,14 @@ pub fn kallsyms(symbol: &str) -> Result<u64, String> {
         })
         .filter(|&addr| addr != 0)
         .ok_or_else(|| format!("kernel symbol {symbol} not found in /proc/kallsyms"))
+}
+
+/// The raw tracepoint program `name` of the loaded object.
+fn raw_tracepoint<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut RawTracePoint, ProbeError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| ProbeError::Missing(format!("program {name}")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| ProbeError::load(format!("program {name}"), e))
 }
 
 #[cfg(test)]
