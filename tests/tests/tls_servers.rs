@@ -1,6 +1,7 @@
 //! HTTPS against servers made of Python's ssl module (OpenSSL), for what nginx does not do: a
-//! client certificate refused with an alert after the TLS 1.3 handshake, and a server whose FIN
-//! comes long after its close_notify.
+//! client certificate refused with an alert after the TLS 1.3 handshake, a server whose FIN
+//! comes long after its close_notify, and one that refuses every handshake after the
+//! pre-flight's.
 //!
 //! A file of its own, so these runs do not go at once with run.rs's: while the late-FIN test's
 //! probed runs went beside them, run.rs's runs in other namespaces counted fewer FIN_WAIT2
@@ -166,4 +167,62 @@ def handle(c):
             record["connections"]
         );
     }
+}
+
+/// A server that refuses every handshake after the pre-flight's with a `handshake_failure`
+/// alert: each user backs off after each refusal as it does after a refused connect, so two
+/// users make at most about one attempt per 10 ms each (the driver's back-off), not the
+/// thousand and more a second they made without it.
+#[test]
+fn refused_handshakes_back_off_like_refused_connects() {
+    if !require_root("a server that refuses handshakes") {
+        return;
+    }
+    let netns = Netns::for_test("run-tls-refuse");
+    let pki = loadprobe_tests::Pki::new("tls-refuse");
+    let server = pki.server("server", &["127.0.0.1"], false);
+    let script = r#"
+import ssl, sys, threading
+cert, key = sys.argv[1:3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+seen = [0]
+lock = threading.Lock()
+def handle(c):
+    with lock:
+        seen[0] += 1
+        first = seen[0] == 1
+    try:
+        if first:
+            s = ctx.wrap_socket(c, server_side=True)
+            s.recv(1)
+        else:
+            c.recv(4096)
+            c.sendall(bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]))
+    except Exception:
+        pass
+    finally:
+        c.close()
+"#;
+    let _python = python_server(&netns, script, &[&server.cert, &server.key], 8464);
+    let (record, output) = run(
+        netns.name(),
+        &[
+            "--no-probe",
+            "--target",
+            "https://127.0.0.1:8464/",
+            "--cacert",
+            pki.ca.to_str().unwrap(),
+            "--users",
+            "2",
+            "--duration",
+            "2s",
+        ],
+    );
+    let errors = &record["requests"]["errors"];
+    let total = num(&record, "requests.total");
+    assert_eq!(num(&record, "requests.ok"), 0, "{output:?}");
+    assert_eq!(errors["tls_handshake"], total, "{errors}");
+    // 2 users x 2 s / 10 ms = 400, and each attempt takes a little time of its own.
+    assert!((20..=440).contains(&total), "{total} attempts: {errors}");
 }

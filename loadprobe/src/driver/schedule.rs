@@ -21,10 +21,11 @@ use super::task::{Conn, Ctx, Ticket};
 use super::{Curve, DriverConfig, DriverError, DriverResult, Segment, Stop};
 use crate::model::{Live, Workload};
 
-/// How long a user waits after a connect that failed at once (refused, no local port) before
-/// its next request: long enough to let the other users on its event loop run, short enough
-/// that the error rate still says how often connects fail.
-const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
+/// How long a user waits after a connection that failed to open at once (a connect refused, no
+/// local port, a TLS handshake refused: see [`Ctx::run_one`]) before its next request: long
+/// enough to let the other users on its event loop run, and not to hammer a broken server with
+/// handshakes, short enough that the error rate still says how often opening fails.
+const OPEN_BACKOFF: Duration = Duration::from_millis(10);
 
 pub(crate) async fn run(
     config: DriverConfig,
@@ -235,11 +236,11 @@ async fn user_loop(
             Ticket::Measured => true,
         };
         let request = ctx.chooser.next(&mut draws);
-        let connect_failed = ctx
+        let open_failed = ctx
             .run_one(user, request, &mut slot, &mut buf, now, measured)
             .await;
-        let pause = if connect_failed {
-            think_time.max(CONNECT_BACKOFF)
+        let pause = if open_failed {
+            think_time.max(OPEN_BACKOFF)
         } else {
             think_time
         };
@@ -363,7 +364,8 @@ async fn open_task(
     // One draw, from the start's number in the whole run.
     let mut draws = ctx.chooser.draws(ctx.cfg.segment.item(idx as u64));
     let request = ctx.chooser.next(&mut draws);
-    // A failed connect ends this task; the schedule, not a retry loop, starts the next one.
+    // A connection that failed to open ends this task; the schedule, not a retry loop, starts
+    // the next one.
     ctx.run_one(idx, request, &mut slot, &mut buf, intended, measured)
         .await;
     if let Some(conn) = slot {

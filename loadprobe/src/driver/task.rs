@@ -164,9 +164,10 @@ impl Ctx {
 
     /// Runs request `request` of the mix on `slot` (taking its connection, or opening one) and
     /// records it.
-    /// Returns `true` when it failed to open a connection (refused, no local port...): such a
-    /// failure comes back at once, so a user loop must pause before its next try, or it keeps
-    /// its event loop from every other user on it.
+    /// Returns `true` when it failed to open a connection: the connect failed (refused, no
+    /// local port...) or, for an https target, the TLS handshake did (an alert, a certificate
+    /// refused). Such a failure comes back at once, so a user loop must pause before its next
+    /// try, or it keeps its event loop from every other user on it.
     pub(crate) async fn run_one(
         &self,
         idx: usize,
@@ -224,7 +225,9 @@ impl Ctx {
                 None => last_look(attempt).await,
             }
         };
-        let connect_failed = fresh && s.connect.is_none() && matches!(outcome, Some(Err(_)));
+        // Opened: connected, and with TLS the handshake done (it sets `s.tls`).
+        let opened = s.connect.is_some() && (self.tls.is_none() || s.tls.is_some());
+        let open_failed = fresh && !opened && matches!(outcome, Some(Err(_)));
         if measured && stale {
             self.recorder.stale_connection(idx, retried);
         }
@@ -248,7 +251,7 @@ impl Ctx {
             }
         };
         if !measured {
-            return connect_failed;
+            return open_failed;
         }
         self.recorder.record(idx, &s);
         if fin_missing {
@@ -261,7 +264,7 @@ impl Ctx {
         if s.connect.is_some() {
             self.live.connections.fetch_add(1, Ordering::Relaxed);
         }
-        connect_failed
+        open_failed
     }
 
     /// Resolves when no new request may start: the deadline passed or the run was stopped.
