@@ -332,11 +332,7 @@ impl Ctx {
         .await
         .map_err(|_| ErrorClass::Timeout)??;
         s.done = Instant::now();
-        s.result = match response.status {
-            400..=499 => Err(ErrorClass::Http4xx),
-            500..=599 => Err(ErrorClass::Http5xx),
-            _ => Ok(()),
-        };
+        s.result = ErrorClass::from_status(response.status);
         conn.used += 1;
         let mut fin_missing = false;
         match request.mode {
