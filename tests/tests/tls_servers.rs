@@ -1,7 +1,7 @@
 //! HTTPS against servers made of Python's ssl module (OpenSSL), for what nginx does not do: a
 //! client certificate refused with an alert after the TLS 1.3 handshake, a server whose FIN
-//! comes long after its close_notify, and one that refuses every handshake after the
-//! pre-flight's.
+//! comes long after its close_notify, one that refuses every handshake after the pre-flight's,
+//! and one that tells how each client ended its connection.
 //!
 //! A file of its own, so these runs do not go at once with run.rs's: while the late-FIN test's
 //! probed runs went beside them, run.rs's runs in other namespaces counted fewer FIN_WAIT2
@@ -225,4 +225,99 @@ def handle(c):
     assert_eq!(errors["tls_handshake"], total, "{errors}");
     // 2 users x 2 s / 10 ms = 400, and each attempt takes a little time of its own.
     assert!((20..=440).contains(&total), "{total} attempts: {errors}");
+}
+
+/// Kept-alive connections still open when the run ends are closed with close_notify, as
+/// client-close closes its connections: the server (Python's ssl module, told not to take a
+/// bare EOF for an end) sees every one of the run's connections end cleanly, none truncated.
+/// The pre-flight's connection (it carries no request) ends without one on purpose (SO_LINGER
+/// 0: no TIME_WAIT left by the check) and is not judged here.
+#[test]
+fn kept_alive_tls_connections_end_with_close_notify() {
+    if !require_root("keep-alive against a TLS server that reports how clients end") {
+        return;
+    }
+    let netns = Netns::for_test("run-tls-notify");
+    let pki = loadprobe_tests::Pki::new("tls-notify");
+    let server = pki.server("server", &["127.0.0.1"], false);
+    let dir = loadprobe_tests::tempdir("tls-notify-ends");
+    let ends = dir.join("ends");
+    std::fs::write(&ends, "").expect("ends file");
+    let script = r#"
+import ssl, sys, threading
+cert, key, ends = sys.argv[1:4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+lock = threading.Lock()
+def report(how):
+    with lock:
+        with open(ends, "a") as f:
+            f.write(how + "\n")
+def handle(c):
+    how, served = "other", 0
+    try:
+        s = ctx.wrap_socket(c, server_side=True, suppress_ragged_eofs=False)
+        data = b""
+        while True:
+            d = s.recv(4096)
+            if not d:
+                how = "close_notify"
+                break
+            data += d
+            while b"\r\n\r\n" in data:
+                _, data = data.split(b"\r\n\r\n", 1)
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                served += 1
+    except ssl.SSLEOFError:
+        how = "eof"
+    except ConnectionResetError:
+        how = "reset"
+    except Exception as e:
+        how = "other " + repr(e)
+    finally:
+        report("%s %d" % (how, served))
+        c.close()
+"#;
+    let _python = python_server(&netns, script, &[&server.cert, &server.key, &ends], 8465);
+    let (record, output) = run(
+        netns.name(),
+        &[
+            "--no-probe",
+            "--mode",
+            "keep-alive",
+            "--target",
+            "https://127.0.0.1:8465/",
+            "--cacert",
+            pki.ca.to_str().unwrap(),
+            "--users",
+            "2",
+            "--duration",
+            "1s",
+        ],
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert!(num(&record, "requests.ok") > 0, "{}", record["requests"]);
+    let opened = num(&record, "connections.opened");
+    assert_eq!(opened, 2, "{}", record["connections"]);
+    // The server's threads write down each end as they see it: wait for all of them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&ends).expect("ends");
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() as u64 > opened || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    // Each line: how the client ended, and the requests the connection carried. The
+    // pre-flight's connection carried none.
+    let ends: Vec<(&str, u64)> = lines
+        .iter()
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(how, served)| (how, served.parse().unwrap_or(0)))
+        .collect();
+    assert_eq!(ends.len() as u64, opened + 1, "{lines:?}");
+    let run: Vec<&str> = ends.iter().filter(|e| e.1 > 0).map(|e| e.0).collect();
+    assert_eq!(run, vec!["close_notify"; opened as usize], "{lines:?}");
 }

@@ -182,7 +182,15 @@ async fn worker(ctx: Arc<Ctx>, share: Share, start: Instant) -> u64 {
         }
         Workload::Open { max_in_flight, .. } => {
             let cap = (max_in_flight as usize).div_ceil(share.workers);
-            open_schedule(&ctx, &mut set, share, start, &curve, cap).await
+            let pool = Arc::new(Mutex::new(Vec::new()));
+            let dropped = open_schedule(&ctx, &mut set, &pool, share, start, &curve, cap).await;
+            join_all(&mut set).await;
+            let idle = std::mem::take(&mut *lock(&pool));
+            let by = Instant::now() + ctx.cfg.grace;
+            for conn in idle {
+                ctx.close_kept(conn, by).await;
+            }
+            dropped
         }
     };
     join_all(&mut set).await;
@@ -219,7 +227,9 @@ async fn user_loop(
         let since = start.elapsed().as_secs_f64();
         if curve.at(since) <= number {
             // Off the curve: the connection goes, and the user waits until it is back on.
-            slot = None;
+            if let Some(conn) = slot.take() {
+                ctx.close_kept(conn, Instant::now() + ctx.cfg.grace).await;
+            }
             let Some(back) = curve.first_above(number, since) else {
                 break;
             };
@@ -251,23 +261,26 @@ async fn user_loop(
             }
         }
     }
+    if let Some(conn) = slot.take() {
+        ctx.close_kept(conn, Instant::now() + ctx.cfg.grace).await;
+    }
 }
 
 /// The open model: task `i` of the run is due at `start + i / rate`, whatever happened to
 /// earlier tasks; this host runs its segment's tasks ([`Segment::item`] of its own `m`-th),
 /// and this worker every `workers`-th of those. Idle keep-alive connections wait in the
-/// worker's own pool (a connection belongs to the event loop that opened it). Returns the
+/// worker's own `pool` (a connection belongs to the event loop that opened it). Returns the
 /// starts that were due in the measured window but not made when it ended: the cap was full,
 /// or the schedule was behind.
 async fn open_schedule(
     ctx: &Arc<Ctx>,
     set: &mut JoinSet<()>,
+    pool: &Arc<Mutex<Vec<Conn>>>,
     share: Share,
     start: Instant,
     curve: &Curve,
     max_in_flight: usize,
 ) -> u64 {
-    let pool = Arc::new(Mutex::new(Vec::new()));
     let segment = ctx.cfg.segment;
     let due = |m: usize| {
         curve

@@ -267,6 +267,24 @@ impl Ctx {
         open_failed
     }
 
+    /// Ends a kept-alive connection the run needs no more (its user is done or off the curve;
+    /// the open model's idle pool at the end) as client-close ends its connections: over TLS
+    /// with close_notify, so that the server sees an end and not a truncation. Bounded by `by`
+    /// and by the end of the run's grace ([`Ctx::cut`]): after that, only what needs no
+    /// waiting is sent, so the end of the run is never held. A connection the server has
+    /// already ended is only dropped: its socket would answer the alert with a reset.
+    pub(crate) async fn close_kept(&self, mut conn: Conn, by: Instant) {
+        if peer_closed(conn.stream.tcp()) {
+            return;
+        }
+        tokio::select! {
+            biased;
+            _ = conn.stream.close_notify() => {}
+            _ = tokio::time::sleep_until(by.into()) => {}
+            _ = self.cut.wait() => {}
+        }
+    }
+
     /// Resolves when no new request may start: the deadline passed or the run was stopped.
     pub(crate) async fn window_over(&self) {
         match self.deadline {
