@@ -229,7 +229,8 @@ def handle(c):
 
 /// Kept-alive connections still open when the run ends are closed with close_notify, as
 /// client-close closes its connections: the server (Python's ssl module, told not to take a
-/// bare EOF for an end) sees every one of the run's connections end cleanly, none truncated.
+/// bare EOF for an end) sees every one of the run's connections end cleanly, none truncated:
+/// the closed model's users' and the open model's idle pool's.
 /// The pre-flight's connection (it carries no request) ends without one on purpose (SO_LINGER
 /// 0: no TIME_WAIT left by the check) and is not judged here.
 #[test]
@@ -279,45 +280,56 @@ def handle(c):
         c.close()
 "#;
     let _python = python_server(&netns, script, &[&server.cert, &server.key, &ends], 8465);
-    let (record, output) = run(
-        netns.name(),
-        &[
-            "--no-probe",
-            "--mode",
-            "keep-alive",
-            "--target",
-            "https://127.0.0.1:8465/",
-            "--cacert",
-            pki.ca.to_str().unwrap(),
-            "--users",
-            "2",
-            "--duration",
-            "1s",
-        ],
-    );
-    assert!(output.status.success(), "{output:?}");
-    assert!(num(&record, "requests.ok") > 0, "{}", record["requests"]);
-    let opened = num(&record, "connections.opened");
-    assert_eq!(opened, 2, "{}", record["connections"]);
-    // The server's threads write down each end as they see it: wait for all of them.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let lines = loop {
-        let text = std::fs::read_to_string(&ends).expect("ends");
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        if lines.len() as u64 > opened || std::time::Instant::now() > deadline {
-            break lines;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let ca = pki.ca.to_str().unwrap();
+    // The closed model's users, and the open model's pool of idle connections.
+    for load in [["--users", "2"], ["--rate", "50"]] {
+        std::fs::write(&ends, "").expect("ends file");
+        let (record, output) = run(
+            netns.name(),
+            &[
+                &[
+                    "--no-probe",
+                    "--mode",
+                    "keep-alive",
+                    "--target",
+                    "https://127.0.0.1:8465/",
+                    "--cacert",
+                    ca,
+                    "--duration",
+                    "1s",
+                ][..],
+                &load,
+            ]
+            .concat(),
+        );
+        assert!(output.status.success(), "{load:?}: {output:?}");
+        assert!(num(&record, "requests.ok") > 0, "{}", record["requests"]);
+        let opened = num(&record, "connections.opened");
+        assert!(opened >= 1, "{load:?}: {}", record["connections"]);
+        // The server's threads write down each end as they see it: wait for all of them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let lines = loop {
+            let text = std::fs::read_to_string(&ends).expect("ends");
+            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            if lines.len() as u64 > opened || std::time::Instant::now() > deadline {
+                break lines;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        // Each line: how the client ended, and the requests the connection carried. The
+        // pre-flight's connection carried none.
+        let ends: Vec<(&str, u64)> = lines
+            .iter()
+            .filter_map(|l| l.rsplit_once(' '))
+            .map(|(how, served)| (how, served.parse().unwrap_or(0)))
+            .collect();
+        assert_eq!(ends.len() as u64, opened + 1, "{load:?}: {lines:?}");
+        let run: Vec<&str> = ends.iter().filter(|e| e.1 > 0).map(|e| e.0).collect();
+        assert_eq!(
+            run,
+            vec!["close_notify"; opened as usize],
+            "{load:?}: {lines:?}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
-    // Each line: how the client ended, and the requests the connection carried. The
-    // pre-flight's connection carried none.
-    let ends: Vec<(&str, u64)> = lines
-        .iter()
-        .filter_map(|l| l.rsplit_once(' '))
-        .map(|(how, served)| (how, served.parse().unwrap_or(0)))
-        .collect();
-    assert_eq!(ends.len() as u64, opened + 1, "{lines:?}");
-    let run: Vec<&str> = ends.iter().filter(|e| e.1 > 0).map(|e| e.0).collect();
-    assert_eq!(run, vec!["close_notify"; opened as usize], "{lines:?}");
 }
