@@ -25,6 +25,7 @@ pub mod report;
 pub mod run;
 pub mod run_report;
 pub mod server;
+pub mod tls_material;
 pub mod tune;
 
 #[cfg(any(test, feature = "testing"))]

@@ -1,6 +1,7 @@
 //! HTTPS against servers made of Python's ssl module (OpenSSL), for what nginx does not do: a
-//! client certificate refused with an alert after the TLS 1.3 handshake, and a server whose FIN
-//! comes long after its close_notify.
+//! client certificate refused with an alert after the TLS 1.3 handshake, a server whose FIN
+//! comes long after its close_notify, one that refuses every handshake after the pre-flight's,
+//! and one that tells how each client ended its connection.
 //!
 //! A file of its own, so these runs do not go at once with run.rs's: while the late-FIN test's
 //! probed runs went beside them, run.rs's runs in other namespaces counted fewer FIN_WAIT2
@@ -166,4 +167,169 @@ def handle(c):
             record["connections"]
         );
     }
+}
+
+/// A server that refuses every handshake after the pre-flight's with a `handshake_failure`
+/// alert: each user backs off after each refusal as it does after a refused connect, so two
+/// users make at most about one attempt per 10 ms each (the driver's back-off), not the
+/// thousand and more a second they made without it.
+#[test]
+fn refused_handshakes_back_off_like_refused_connects() {
+    if !require_root("a server that refuses handshakes") {
+        return;
+    }
+    let netns = Netns::for_test("run-tls-refuse");
+    let pki = loadprobe_tests::Pki::new("tls-refuse");
+    let server = pki.server("server", &["127.0.0.1"], false);
+    let script = r#"
+import ssl, sys, threading
+cert, key = sys.argv[1:3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+seen = [0]
+lock = threading.Lock()
+def handle(c):
+    with lock:
+        seen[0] += 1
+        first = seen[0] == 1
+    try:
+        if first:
+            s = ctx.wrap_socket(c, server_side=True)
+            s.recv(1)
+        else:
+            c.recv(4096)
+            c.sendall(bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]))
+    except Exception:
+        pass
+    finally:
+        c.close()
+"#;
+    let _python = python_server(&netns, script, &[&server.cert, &server.key], 8464);
+    let (record, output) = run(
+        netns.name(),
+        &[
+            "--no-probe",
+            "--target",
+            "https://127.0.0.1:8464/",
+            "--cacert",
+            pki.ca.to_str().unwrap(),
+            "--users",
+            "2",
+            "--duration",
+            "2s",
+        ],
+    );
+    let errors = &record["requests"]["errors"];
+    let total = num(&record, "requests.total");
+    assert_eq!(num(&record, "requests.ok"), 0, "{output:?}");
+    assert_eq!(errors["tls_handshake"], total, "{errors}");
+    // 2 users x 2 s / 10 ms = 400, and each attempt takes a little time of its own.
+    assert!((20..=440).contains(&total), "{total} attempts: {errors}");
+}
+
+/// Kept-alive connections still open when the run ends are closed with close_notify, as
+/// client-close closes its connections: the server (Python's ssl module, told not to take a
+/// bare EOF for an end) sees every one of the run's connections end cleanly, none truncated:
+/// the closed model's users' and the open model's idle pool's.
+/// The pre-flight's connection (it carries no request) ends without one on purpose (SO_LINGER
+/// 0: no TIME_WAIT left by the check) and is not judged here.
+#[test]
+fn kept_alive_tls_connections_end_with_close_notify() {
+    if !require_root("keep-alive against a TLS server that reports how clients end") {
+        return;
+    }
+    let netns = Netns::for_test("run-tls-notify");
+    let pki = loadprobe_tests::Pki::new("tls-notify");
+    let server = pki.server("server", &["127.0.0.1"], false);
+    let dir = loadprobe_tests::tempdir("tls-notify-ends");
+    let ends = dir.join("ends");
+    std::fs::write(&ends, "").expect("ends file");
+    let script = r#"
+import ssl, sys, threading
+cert, key, ends = sys.argv[1:4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+lock = threading.Lock()
+def report(how):
+    with lock:
+        with open(ends, "a") as f:
+            f.write(how + "\n")
+def handle(c):
+    how, served = "other", 0
+    try:
+        s = ctx.wrap_socket(c, server_side=True, suppress_ragged_eofs=False)
+        data = b""
+        while True:
+            d = s.recv(4096)
+            if not d:
+                how = "close_notify"
+                break
+            data += d
+            while b"\r\n\r\n" in data:
+                _, data = data.split(b"\r\n\r\n", 1)
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                served += 1
+    except ssl.SSLEOFError:
+        how = "eof"
+    except ConnectionResetError:
+        how = "reset"
+    except Exception as e:
+        how = "other " + repr(e)
+    finally:
+        report("%s %d" % (how, served))
+        c.close()
+"#;
+    let _python = python_server(&netns, script, &[&server.cert, &server.key, &ends], 8465);
+    let ca = pki.ca.to_str().unwrap();
+    // The closed model's users, and the open model's pool of idle connections.
+    for load in [["--users", "2"], ["--rate", "50"]] {
+        std::fs::write(&ends, "").expect("ends file");
+        let (record, output) = run(
+            netns.name(),
+            &[
+                &[
+                    "--no-probe",
+                    "--mode",
+                    "keep-alive",
+                    "--target",
+                    "https://127.0.0.1:8465/",
+                    "--cacert",
+                    ca,
+                    "--duration",
+                    "1s",
+                ][..],
+                &load,
+            ]
+            .concat(),
+        );
+        assert!(output.status.success(), "{load:?}: {output:?}");
+        assert!(num(&record, "requests.ok") > 0, "{}", record["requests"]);
+        let opened = num(&record, "connections.opened");
+        assert!(opened >= 1, "{load:?}: {}", record["connections"]);
+        // The server's threads write down each end as they see it: wait for all of them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let lines = loop {
+            let text = std::fs::read_to_string(&ends).expect("ends");
+            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            if lines.len() as u64 > opened || std::time::Instant::now() > deadline {
+                break lines;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        // Each line: how the client ended, and the requests the connection carried. The
+        // pre-flight's connection carried none.
+        let ends: Vec<(&str, u64)> = lines
+            .iter()
+            .filter_map(|l| l.rsplit_once(' '))
+            .map(|(how, served)| (how, served.parse().unwrap_or(0)))
+            .collect();
+        assert_eq!(ends.len() as u64, opened + 1, "{load:?}: {lines:?}");
+        let run: Vec<&str> = ends.iter().filter(|e| e.1 > 0).map(|e| e.0).collect();
+        assert_eq!(
+            run,
+            vec!["close_notify"; opened as usize],
+            "{load:?}: {lines:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

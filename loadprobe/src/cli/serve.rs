@@ -62,6 +62,7 @@ pub fn main(args: ServeArgs) -> anyhow::Result<ExitCode> {
             _ if args.tls => Some(tls::self_signed()?.config),
             _ => None,
         },
+        ..ServerConfig::default()
     };
     let scheme = if config.tls.is_some() {
         "https"

@@ -71,6 +71,16 @@ impl TlsFailure {
 }
 
 impl ErrorClass {
+    /// What a response with this status is counted as: 4xx and 5xx are errors (their latency
+    /// still counts), anything else is a success.
+    pub fn from_status(status: u16) -> Result<(), ErrorClass> {
+        match status {
+            400..=499 => Err(ErrorClass::Http4xx),
+            500..=599 => Err(ErrorClass::Http5xx),
+            _ => Ok(()),
+        }
+    }
+
     /// Classifies an I/O error; errors without an errno (rare in practice) count as `EIO`.
     pub fn from_io(e: &io::Error) -> ErrorClass {
         match e.raw_os_error() {
@@ -186,6 +196,10 @@ mod tests {
         );
         assert_eq!(ErrorClass::Errno(9999).name(), "errno_9999");
         assert_eq!(ErrorClass::Http5xx.name(), "http_5xx");
+        assert_eq!(ErrorClass::from_status(200), Ok(()));
+        assert_eq!(ErrorClass::from_status(304), Ok(()));
+        assert_eq!(ErrorClass::from_status(404), Err(ErrorClass::Http4xx));
+        assert_eq!(ErrorClass::from_status(503), Err(ErrorClass::Http5xx));
         let e = io::Error::from_raw_os_error(libc::ECONNREFUSED);
         assert_eq!(ErrorClass::from_io(&e).name(), "ECONNREFUSED");
     }

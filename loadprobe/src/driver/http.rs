@@ -185,13 +185,20 @@ fn parse_head(
     Ok(Some((head_len, status, close, framing)))
 }
 
-/// What an unparseable response head is counted as: a TLS record (handshake or alert, version
-/// 3.x) means the http URL points at an https server.
+/// What an unparseable response head is counted as: a TLS record means the http URL points at
+/// an https server.
 fn not_http(buf: &[u8]) -> ErrorClass {
-    match buf {
-        [0x15 | 0x16, 0x03, ..] => ErrorClass::Tls(TlsFailure::TlsOnHttp),
-        _ => ErrorClass::Protocol,
+    if is_tls_record(buf) {
+        ErrorClass::Tls(TlsFailure::TlsOnHttp)
+    } else {
+        ErrorClass::Protocol
     }
+}
+
+/// Whether these first bytes of an answer are a TLS record, a handshake or an alert of
+/// version 3.x: what a TLS server sends when it is spoken plain HTTP to.
+pub(crate) fn is_tls_record(buf: &[u8]) -> bool {
+    matches!(buf, [0x15 | 0x16, 0x03, ..])
 }
 
 fn has_token(value: &[u8], token: &[u8]) -> bool {

@@ -131,11 +131,7 @@ pub(crate) async fn exchange(
         Ok(Ok(status)) => status,
     };
     s.done = Instant::now();
-    s.result = match status {
-        400..=499 => Err(ErrorClass::Http4xx),
-        500..=599 => Err(ErrorClass::Http5xx),
-        _ => Ok(()),
-    };
+    s.result = ErrorClass::from_status(status);
     let parts = match conn.await {
         Ok(Ok(parts)) => parts,
         // The connection already ended (the server closed it): nothing left to close.

@@ -228,6 +228,9 @@ pub enum DriverError {
         #[source]
         source: std::io::Error,
     },
+    /// An http target whose server answered in TLS.
+    #[error("target {addr} answered in TLS ({}): it is an https server; give an https:// target", TlsFailure::TlsOnHttp.name())]
+    TlsServer { addr: std::net::SocketAddr },
     #[error("TLS handshake with {addr} got no answer within {} ms (--connect-timeout): is it an https server?", .after.as_millis())]
     HandshakeTimeout {
         addr: std::net::SocketAddr,
@@ -348,7 +351,8 @@ pub async fn drive(
 }
 
 /// Checks the configuration and makes one connection to the target, so that a wrong or dead
-/// target is one clear error before anything starts. Separate from [`drive`] so that the probe
+/// target, or one that speaks the other protocol (TLS or not), is one clear error before
+/// anything starts. Separate from [`drive`] so that the probe
 /// can be attached after it and count only the run's own connections.
 pub async fn preflight(config: &DriverConfig) -> Result<(), DriverError> {
     validate(config)?;

@@ -21,10 +21,11 @@ use super::task::{Conn, Ctx, Ticket};
 use super::{Curve, DriverConfig, DriverError, DriverResult, Segment, Stop};
 use crate::model::{Live, Workload};
 
-/// How long a user waits after a connect that failed at once (refused, no local port) before
-/// its next request: long enough to let the other users on its event loop run, short enough
-/// that the error rate still says how often connects fail.
-const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
+/// How long a user waits after a connection that failed to open at once (a connect refused, no
+/// local port, a TLS handshake refused: see [`Ctx::run_one`]) before its next request: long
+/// enough to let the other users on its event loop run, and not to hammer a broken server with
+/// handshakes, short enough that the error rate still says how often opening fails.
+const OPEN_BACKOFF: Duration = Duration::from_millis(10);
 
 pub(crate) async fn run(
     config: DriverConfig,
@@ -181,7 +182,15 @@ async fn worker(ctx: Arc<Ctx>, share: Share, start: Instant) -> u64 {
         }
         Workload::Open { max_in_flight, .. } => {
             let cap = (max_in_flight as usize).div_ceil(share.workers);
-            open_schedule(&ctx, &mut set, share, start, &curve, cap).await
+            let pool = Arc::new(Mutex::new(Vec::new()));
+            let dropped = open_schedule(&ctx, &mut set, &pool, share, start, &curve, cap).await;
+            join_all(&mut set).await;
+            let idle = std::mem::take(&mut *lock(&pool));
+            let by = Instant::now() + ctx.cfg.grace;
+            for conn in idle {
+                ctx.close_kept(conn, by).await;
+            }
+            dropped
         }
     };
     join_all(&mut set).await;
@@ -218,7 +227,9 @@ async fn user_loop(
         let since = start.elapsed().as_secs_f64();
         if curve.at(since) <= number {
             // Off the curve: the connection goes, and the user waits until it is back on.
-            slot = None;
+            if let Some(conn) = slot.take() {
+                ctx.close_kept(conn, Instant::now() + ctx.cfg.grace).await;
+            }
             let Some(back) = curve.first_above(number, since) else {
                 break;
             };
@@ -235,11 +246,11 @@ async fn user_loop(
             Ticket::Measured => true,
         };
         let request = ctx.chooser.next(&mut draws);
-        let connect_failed = ctx
+        let open_failed = ctx
             .run_one(user, request, &mut slot, &mut buf, now, measured)
             .await;
-        let pause = if connect_failed {
-            think_time.max(CONNECT_BACKOFF)
+        let pause = if open_failed {
+            think_time.max(OPEN_BACKOFF)
         } else {
             think_time
         };
@@ -250,23 +261,26 @@ async fn user_loop(
             }
         }
     }
+    if let Some(conn) = slot.take() {
+        ctx.close_kept(conn, Instant::now() + ctx.cfg.grace).await;
+    }
 }
 
 /// The open model: task `i` of the run is due at `start + i / rate`, whatever happened to
 /// earlier tasks; this host runs its segment's tasks ([`Segment::item`] of its own `m`-th),
 /// and this worker every `workers`-th of those. Idle keep-alive connections wait in the
-/// worker's own pool (a connection belongs to the event loop that opened it). Returns the
+/// worker's own `pool` (a connection belongs to the event loop that opened it). Returns the
 /// starts that were due in the measured window but not made when it ended: the cap was full,
 /// or the schedule was behind.
 async fn open_schedule(
     ctx: &Arc<Ctx>,
     set: &mut JoinSet<()>,
+    pool: &Arc<Mutex<Vec<Conn>>>,
     share: Share,
     start: Instant,
     curve: &Curve,
     max_in_flight: usize,
 ) -> u64 {
-    let pool = Arc::new(Mutex::new(Vec::new()));
     let segment = ctx.cfg.segment;
     let due = |m: usize| {
         curve
@@ -363,7 +377,8 @@ async fn open_task(
     // One draw, from the start's number in the whole run.
     let mut draws = ctx.chooser.draws(ctx.cfg.segment.item(idx as u64));
     let request = ctx.chooser.next(&mut draws);
-    // A failed connect ends this task; the schedule, not a retry loop, starts the next one.
+    // A connection that failed to open ends this task; the schedule, not a retry loop, starts
+    // the next one.
     ctx.run_one(idx, request, &mut slot, &mut buf, intended, measured)
         .await;
     if let Some(conn) = slot {

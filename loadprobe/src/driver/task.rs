@@ -19,16 +19,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::connect::Connector;
 use super::errors::ErrorClass;
-use super::http::{read_response, wait_for_fin};
+use super::http::{is_tls_record, read_response, wait_for_fin};
 use super::hyper_client::{self, HyperRequest};
 use super::mix::Chooser;
 use super::stats::{Recorder, Sample};
@@ -164,9 +164,10 @@ impl Ctx {
 
     /// Runs request `request` of the mix on `slot` (taking its connection, or opening one) and
     /// records it.
-    /// Returns `true` when it failed to open a connection (refused, no local port...): such a
-    /// failure comes back at once, so a user loop must pause before its next try, or it keeps
-    /// its event loop from every other user on it.
+    /// Returns `true` when it failed to open a connection: the connect failed (refused, no
+    /// local port...) or, for an https target, the TLS handshake did (an alert, a certificate
+    /// refused). Such a failure comes back at once, so a user loop must pause before its next
+    /// try, or it keeps its event loop from every other user on it.
     pub(crate) async fn run_one(
         &self,
         idx: usize,
@@ -224,7 +225,9 @@ impl Ctx {
                 None => last_look(attempt).await,
             }
         };
-        let connect_failed = fresh && s.connect.is_none() && matches!(outcome, Some(Err(_)));
+        // Opened: connected, and with TLS the handshake done (it sets `s.tls`).
+        let opened = s.connect.is_some() && (self.tls.is_none() || s.tls.is_some());
+        let open_failed = fresh && !opened && matches!(outcome, Some(Err(_)));
         if measured && stale {
             self.recorder.stale_connection(idx, retried);
         }
@@ -248,7 +251,7 @@ impl Ctx {
             }
         };
         if !measured {
-            return connect_failed;
+            return open_failed;
         }
         self.recorder.record(idx, &s);
         if fin_missing {
@@ -261,7 +264,25 @@ impl Ctx {
         if s.connect.is_some() {
             self.live.connections.fetch_add(1, Ordering::Relaxed);
         }
-        connect_failed
+        open_failed
+    }
+
+    /// Ends a kept-alive connection the run needs no more (its user is done or off the curve;
+    /// the open model's idle pool at the end) as client-close ends its connections: over TLS
+    /// with close_notify, so that the server sees an end and not a truncation. Bounded by `by`
+    /// and by the end of the run's grace ([`Ctx::cut`]): after that, only what needs no
+    /// waiting is sent, so the end of the run is never held. A connection the server has
+    /// already ended is only dropped: its socket would answer the alert with a reset.
+    pub(crate) async fn close_kept(&self, mut conn: Conn, by: Instant) {
+        if peer_closed(conn.stream.tcp()) {
+            return;
+        }
+        tokio::select! {
+            biased;
+            _ = conn.stream.close_notify() => {}
+            _ = tokio::time::sleep_until(by.into()) => {}
+            _ = self.cut.wait() => {}
+        }
     }
 
     /// Resolves when no new request may start: the deadline passed or the run was stopped.
@@ -329,11 +350,7 @@ impl Ctx {
         .await
         .map_err(|_| ErrorClass::Timeout)??;
         s.done = Instant::now();
-        s.result = match response.status {
-            400..=499 => Err(ErrorClass::Http4xx),
-            500..=599 => Err(ErrorClass::Http5xx),
-            _ => Ok(()),
-        };
+        s.result = ErrorClass::from_status(response.status);
         conn.used += 1;
         let mut fin_missing = false;
         match request.mode {
@@ -431,14 +448,15 @@ fn tls_client(cfg: &DriverConfig) -> Result<Option<TlsClient>, DriverError> {
         .map_err(DriverError::TlsConfig)
 }
 
-/// One connection before the run (with its TLS handshake, for an https target), so that a
-/// wrong or dead target, or a certificate the run would refuse, is one clear error instead of
-/// a run full of ECONNREFUSED or handshake failures.
+/// One connection before the run, so that a wrong or dead target, a certificate the run would
+/// refuse, or a target that speaks the other protocol is one clear error instead of a run full
+/// of ECONNREFUSED or TLS failures. For an https target it is a real handshake with the run's
+/// own configuration; for an http one, [`refuse_tls_server`].
 pub(crate) async fn preflight(cfg: &DriverConfig) -> Result<(), DriverError> {
     let tls = tls_client(cfg)?;
     // SO_LINGER 0: the check leaves no TIME_WAIT behind to skew the counts.
     let connector = Connector::new(cfg.target.addr, cfg.source_ips.clone(), true);
-    // Closed right away; the server sees a connection with no request, which it tolerates.
+    let start = Instant::now();
     let tcp =
         connected(timeout(cfg.connect_timeout, connector.connect()).await).map_err(|class| {
             DriverError::Unreachable {
@@ -447,7 +465,7 @@ pub(crate) async fn preflight(cfg: &DriverConfig) -> Result<(), DriverError> {
             }
         })?;
     let Some(tls) = tls else {
-        return Ok(());
+        return refuse_tls_server(cfg, tcp, start.elapsed()).await;
     };
     match timeout(cfg.connect_timeout, tls.handshake(tcp)).await {
         Ok(Ok(_)) => Ok(()),
@@ -461,4 +479,40 @@ pub(crate) async fn preflight(cfg: &DriverConfig) -> Result<(), DriverError> {
             after: cfg.connect_timeout,
         }),
     }
+}
+
+/// What the check of an http target sends: the first line of a request, without the blank
+/// line that would end its head. A plain-HTTP server waits for the rest, answers nothing and
+/// counts no request (the connection is then reset); a TLS server reads it as a record header
+/// that is no TLS and answers at once with an alert (rustls does; OpenSSL resets without one,
+/// and nginx waits for a whole request to answer it with a plain 400).
+const HALF_REQUEST: &[u8] = b"GET / HTTP/1.1\r\n";
+
+/// How long the check of an http target waits for a TLS server's alert, beyond three times the
+/// connect's own time (an alert takes one round trip and no work): long enough for a busy
+/// server, short enough that the wait, which every plain-HTTP run pays, goes unnoticed.
+const TLS_ALERT_WAIT: Duration = Duration::from_millis(100);
+
+/// Refuses an http target whose server answers [`HALF_REQUEST`] with a TLS record: the run
+/// would be nothing but `tls_server_on_http` errors. Silence (a plain server waiting for the
+/// rest of the request), a close or any other answer lets the run go on.
+async fn refuse_tls_server(
+    cfg: &DriverConfig,
+    mut tcp: TcpStream,
+    connect_took: Duration,
+) -> Result<(), DriverError> {
+    let wait = (connect_took * 3 + TLS_ALERT_WAIT).min(cfg.connect_timeout);
+    let answer = timeout(wait, async {
+        tcp.write_all(HALF_REQUEST).await?;
+        let mut first = [0u8; 5];
+        let n = tcp.read(&mut first).await?;
+        Ok::<_, std::io::Error>(is_tls_record(&first[..n]))
+    })
+    .await;
+    if let Ok(Ok(true)) = answer {
+        return Err(DriverError::TlsServer {
+            addr: cfg.target.addr,
+        });
+    }
+    Ok(())
 }

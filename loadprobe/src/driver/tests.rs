@@ -322,6 +322,35 @@ fn bad_config_and_unreachable_target_are_errors() {
     });
 }
 
+/// The check of an http target refuses a TLS server (the embedded one with `--tls`: rustls
+/// answers the request's first line with an alert) and lets a plain one through, without it
+/// seeing a request.
+#[test]
+fn an_http_target_on_a_tls_server_is_refused_before_load() {
+    let rt = runtime();
+    rt.block_on(async {
+        let tls = crate::server::tls::self_signed().expect("certificate");
+        for with_tls in [true, false] {
+            let server = Server::bind(&ServerConfig {
+                tls: with_tls.then(|| tls.config.clone()),
+                ..ServerConfig::default()
+            })
+            .expect("bind")
+            .spawn();
+            let config = client_close(server.local_addr(), 1, 1);
+            let checked = preflight(&config).await;
+            match (with_tls, checked) {
+                (true, Err(DriverError::TlsServer { addr })) => {
+                    assert_eq!(addr, server.local_addr())
+                }
+                (false, Ok(())) => assert_eq!(server.stats().requests(), 0),
+                (_, other) => panic!("tls {with_tls}: {other:?}"),
+            }
+            server.stop().await.expect("server stop");
+        }
+    });
+}
+
 #[test]
 fn stop_ends_a_run_early_and_keeps_results() {
     let rt = runtime();

@@ -1,20 +1,16 @@
 //! The client side of HTTPS targets: one rustls configuration per run (trust, client
 //! certificate, resumption), a handshake per connection, and what a failed handshake is
-//! counted as.
-//!
-//! The crypto provider is *ring*: it builds with a C compiler alone, where aws-lc-rs needs
-//! cmake and a much longer C build, and it offers the suites servers negotiate.
+//! counted as. The crypto provider and the PEM files come from [`crate::tls_material`].
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, WebPkiServerVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -23,6 +19,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::errors::{ErrorClass, TlsFailure};
+use crate::tls_material::{self, PemError, certificates, private_key};
 
 /// How the run speaks TLS to its target; [`super::DriverConfig::tls`].
 #[derive(Debug, Clone, Default)]
@@ -61,14 +58,8 @@ pub struct Identity {
 /// Why the TLS configuration cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {
-    #[error("cannot read PEM file {path}")]
-    Pem {
-        path: PathBuf,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("{path} holds no certificate")]
-    NoCertificate { path: PathBuf },
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("no system root certificates found; give --cacert FILE (or --insecure)")]
     NoSystemRoots,
     #[error("the certificates of {path} are not usable as roots")]
@@ -99,14 +90,10 @@ pub(crate) struct TlsClient {
     name: ServerName<'static>,
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 impl TlsClient {
     /// `host` is the target's host (a name or an IP literal without brackets).
     pub(crate) fn new(options: &TlsOptions, host: &str) -> Result<TlsClient, TlsConfigError> {
-        let provider = provider();
+        let provider = tls_material::provider();
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(TlsConfigError::Rustls)?;
@@ -201,30 +188,6 @@ fn roots(trust: &Trust) -> Result<Arc<RootCertStore>, TlsConfigError> {
         Trust::Insecure => {}
     }
     Ok(Arc::new(store))
-}
-
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
-    let pem = |source| TlsConfigError::Pem {
-        path: path.to_path_buf(),
-        source,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(pem)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(pem)?;
-    if certs.is_empty() {
-        return Err(TlsConfigError::NoCertificate {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(certs)
-}
-
-fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsConfigError::Pem {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 /// What a failed read or write of a connection is counted as: the TLS failure when rustls
@@ -372,7 +335,7 @@ mod tests {
         };
         assert!(matches!(
             TlsClient::new(&missing, "x"),
-            Err(TlsConfigError::Pem { .. })
+            Err(TlsConfigError::Pem(PemError::Read { .. }))
         ));
         let empty =
             std::env::temp_dir().join(format!("loadprobe-empty-{}.pem", std::process::id()));
@@ -383,6 +346,9 @@ mod tests {
         };
         let result = TlsClient::new(&none, "x");
         let _ = std::fs::remove_file(&empty);
-        assert!(matches!(result, Err(TlsConfigError::NoCertificate { .. })));
+        assert!(matches!(
+            result,
+            Err(TlsConfigError::Pem(PemError::NoCertificate { .. }))
+        ));
     }
 }

@@ -35,7 +35,16 @@ pub struct ServerConfig {
     pub close_after: Option<u32>,
     /// Speak TLS (HTTPS) with this configuration ([`tls`] makes one); `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// With `tls`: a connection whose handshake is not done this long after it was accepted is
+    /// closed, so that a client that connects and says nothing does not hold a task and a
+    /// socket for ever.
+    pub tls_handshake_timeout: Duration,
 }
+
+/// The default [`ServerConfig::tls_handshake_timeout`]: a handshake takes a few round trips,
+/// well under a second even far away; nginx gives a client 60 s for its whole request
+/// (`client_header_timeout`), and 10 s is as long as any load test's client waits.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -45,6 +54,7 @@ impl Default for ServerConfig {
             latency: Duration::ZERO,
             close_after: None,
             tls: None,
+            tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
         }
     }
 }

@@ -27,6 +27,7 @@ pub(super) struct Shared {
     close_after: Option<u32>,
     builder: http1::Builder,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    handshake_timeout: Duration,
     pub(super) stats: Arc<ServerStats>,
 }
 
@@ -41,6 +42,7 @@ impl Shared {
             close_after: config.close_after.filter(|n| *n > 0),
             builder,
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            handshake_timeout: config.tls_handshake_timeout,
             stats: Arc::new(ServerStats::default()),
         }
     }
@@ -52,8 +54,10 @@ pub(super) async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     match &shared.tls {
         None => serve_http(stream, &shared).await,
         Some(acceptor) => {
-            // A failed handshake is the client's to count; it ends this connection only.
-            if let Ok(stream) = acceptor.accept(stream).await {
+            // A failed or unfinished handshake is the client's to count; it ends this
+            // connection only (dropped: the socket closes).
+            let accepted = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream));
+            if let Ok(Ok(stream)) = accepted.await {
                 serve_http(QuietAfterPeer::new(stream), &shared).await;
             }
         }

@@ -85,3 +85,33 @@ fn bind_errors_are_reported() {
     let err = Server::bind(&config).err().expect("second bind must fail");
     assert!(err.to_string().contains("cannot listen on"), "{err}");
 }
+
+/// A client that connects to the TLS server and sends nothing is closed once the handshake
+/// timeout is over, instead of holding its task and socket for ever.
+#[test]
+fn a_silent_tls_client_is_closed_after_the_handshake_timeout() {
+    let rt = runtime();
+    let tls = tls::self_signed().unwrap();
+    let config = ServerConfig {
+        tls: Some(tls.config),
+        tls_handshake_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let server = Server::bind(&config).unwrap();
+    let addr = server.local_addr();
+    let handle = rt.block_on(async { server.spawn() });
+    let mut silent = std::net::TcpStream::connect(addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let t = Instant::now();
+    let mut byte = [0u8; 1];
+    let read = silent.read(&mut byte);
+    let took = t.elapsed();
+    assert!(matches!(read, Ok(0)), "{read:?} after {took:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    rt.block_on(handle.stop()).unwrap();
+}

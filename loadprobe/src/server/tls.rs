@@ -1,23 +1,20 @@
 //! The embedded server's TLS configuration: a self-signed certificate made in memory (so that
 //! HTTPS works on a bare machine), or the user's certificate and key.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::tls_material::{self, PemError};
 
 /// Why the server's TLS configuration cannot be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerTlsError {
     #[error("cannot make a self-signed certificate")]
     Generate(#[source] rcgen::Error),
-    #[error("cannot read PEM file {path}")]
-    Pem {
-        path: PathBuf,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("the certificate and key are refused")]
     Rustls(#[source] rustls::Error),
 }
@@ -46,21 +43,10 @@ pub fn self_signed() -> Result<ServerTls, ServerTlsError> {
 
 /// The certificate chain and key in these PEM files.
 pub fn from_files(cert: &Path, key: &Path) -> Result<ServerTls, ServerTlsError> {
-    fn pem(path: &Path) -> impl Fn(rustls::pki_types::pem::Error) -> ServerTlsError + '_ {
-        move |source| ServerTlsError::Pem {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(pem(cert))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(pem(cert))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(pem(key))?;
-    let certificate = chain.first().cloned().ok_or(ServerTlsError::Pem {
-        path: cert.to_path_buf(),
-        source: rustls::pki_types::pem::Error::NoItemsFound,
-    })?;
+    let chain = tls_material::certificates(cert)?;
+    let key = tls_material::private_key(key)?;
+    // `certificates` returns at least one.
+    let certificate = chain[0].clone();
     Ok(ServerTls {
         config: config(chain, key)?,
         certificate,
@@ -71,8 +57,7 @@ fn config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, ServerTlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(tls_material::provider())
         .with_safe_default_protocol_versions()
         .map_err(ServerTlsError::Rustls)?
         .with_no_client_auth()
@@ -81,6 +66,6 @@ fn config(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Stateless tickets: resumption works for any number of clients, with no server cache to
     // evict them from.
-    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(ServerTlsError::Rustls)?;
+    config.ticketer = tls_material::ticketer().map_err(ServerTlsError::Rustls)?;
     Ok(Arc::new(config))
 }
