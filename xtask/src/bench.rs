@@ -160,7 +160,7 @@ impl Tool {
         if floor {
             tools.extend([Tool::FloorAttached, Tool::FloorFiltered]);
             if mode == "server-close" && !tls {
-                tools.extend([Tool::BpftracePrint, Tool::BpftraceCount]);
+                tools.extend(bpftrace::TOOLS);
             }
         }
         if mode != "client-close" {
@@ -1384,6 +1384,19 @@ fn peers_note(
             .map(|o| o.rss_kib)
             .max()
             .unwrap_or(0);
+        let killed = s
+            .iter()
+            .filter(|s| s.observed.as_ref().is_some_and(|o| o.killed))
+            .count();
+        if killed > 0 {
+            let _ = write!(
+                t,
+                "\n{}: bpftrace still printing {} s after SIGINT in {killed} of {} runs, killed",
+                peer.label(),
+                bpftrace::STOP_LIMIT.as_secs(),
+                s.len()
+            );
+        }
         let what = if peer == Tool::BpftracePrint {
             format!("{lines:.2} lines ({bytes:.0} bytes) printed, {lost} events lost in all runs")
         } else {

@@ -26,8 +26,9 @@ use std::ffi::CStr;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::Ordering;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,10 +44,14 @@ const ATTACHED: &str = "loadprobe-bench: attached";
 /// How long bpftrace may take to compile and attach (LLVM, BTF) on a loaded machine.
 const ATTACH_LIMIT: Duration = Duration::from_secs(60);
 
-/// How long bpftrace may take to detach and exit after SIGINT.
-const STOP_LIMIT: Duration = Duration::from_secs(15);
+/// How long bpftrace's output may keep growing before it is stopped: on SIGINT bpftrace 0.17
+/// drops the events it has not read yet, so it is given the time to print them first.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
-/// Where bpftrace looks for tracefs first.
+/// How long bpftrace may take to detach and exit after SIGINT.
+pub(super) const STOP_LIMIT: Duration = Duration::from_secs(15);
+
+/// tracefs's own mount point, where bpftrace finds it when debugfs is not mounted.
 const TRACEFS: &CStr = c"/sys/kernel/tracing";
 
 /// What the BCC tool tcpstates does, as a bpftrace script: one line per TCP state change.
@@ -75,9 +80,14 @@ const COUNT: &str = r#"tracepoint:sock:inet_sock_set_state
 "#;
 
 /// Declared after the tracepoint probe: prints [`ATTACHED`] once, then only checks a map ten
-/// times a second. The maps it and the print script keep are cleared at exit so that only the
-/// counts are printed.
-fn marker() -> String {
+/// times a second. At exit its map and `maps` (the script's own, not results) are cleared so
+/// that only the counts are printed.
+fn marker(maps: &[&str]) -> String {
+    let clears: String = ["@attached"]
+        .iter()
+        .chain(maps)
+        .map(|m| format!("\tclear({m});\n"))
+        .collect();
     format!(
         r#"interval:ms:100
 /@attached == 0/
@@ -87,20 +97,19 @@ fn marker() -> String {
 }}
 END
 {{
-	clear(@attached);
-}}
+{clears}}}
 "#
     )
 }
 
 /// The script `tool` attaches, if it is a bpftrace peer.
 pub(super) fn script(tool: Tool) -> Option<String> {
-    let (probe, end) = match tool {
-        Tool::BpftracePrint => (PRINT, "END\n{\n\tclear(@last);\n}\n"),
-        Tool::BpftraceCount => (COUNT, ""),
+    let (probe, maps): (&str, &[&str]) = match tool {
+        Tool::BpftracePrint => (PRINT, &["@last"]),
+        Tool::BpftraceCount => (COUNT, &[]),
         _ => return None,
     };
-    Some(format!("{probe}{}{end}", marker()))
+    Some(format!("{probe}{}", marker(maps)))
 }
 
 /// What bpftrace did during one measurement.
@@ -118,6 +127,9 @@ pub(super) struct Observed {
     pub(super) cpu_s: f64,
     /// bpftrace's peak RSS, KiB.
     pub(super) rss_kib: u64,
+    /// Whether it had to be killed, still busy printing [`STOP_LIMIT`] after SIGINT (its
+    /// loop reads its buffers until they are empty before it looks at the signal).
+    pub(super) killed: bool,
 }
 
 /// What the reader thread saw on bpftrace's stdout.
@@ -163,7 +175,8 @@ fn parse_u64(digits: &[u8]) -> u64 {
 }
 
 /// Reads bpftrace's stdout to its end, counting; says on `attached` when the marker arrives.
-fn drain(mut out: ChildStdout, attached: mpsc::Sender<()>) -> Output {
+/// `bytes` follows the bytes read so far.
+fn drain(mut out: impl Read, attached: mpsc::Sender<()>, bytes: &AtomicU64) -> Output {
     let mut o = Output::default();
     let mut seen = false;
     let mut buf = vec![0u8; 1 << 16];
@@ -175,6 +188,7 @@ fn drain(mut out: ChildStdout, attached: mpsc::Sender<()>) -> Output {
             Ok(n) => n,
         };
         o.bytes += n as u64;
+        bytes.store(o.bytes, Ordering::Relaxed);
         let mut chunk = &buf[..n];
         while let Some(i) = chunk.iter().position(|&b| b == b'\n') {
             let line = if partial.is_empty() {
@@ -204,6 +218,8 @@ fn drain(mut out: ChildStdout, attached: mpsc::Sender<()>) -> Output {
 pub(super) struct Running {
     child: Option<Child>,
     reader: Option<JoinHandle<Output>>,
+    /// The bytes of output read so far.
+    bytes: Arc<AtomicU64>,
     stderr: PathBuf,
 }
 
@@ -280,10 +296,13 @@ pub(super) fn start(tool: Tool, dir: &Path, name: &str) -> Result<Running, Strin
     })?;
     let out = child.stdout.take().ok_or("bpftrace's stdout")?;
     let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || drain(out, tx));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&bytes);
+    let reader = std::thread::spawn(move || drain(out, tx, &counter));
     let mut running = Running {
         child: Some(child),
         reader: Some(reader),
+        bytes,
         stderr,
     };
     let started = Instant::now();
@@ -307,8 +326,8 @@ pub(super) fn start(tool: Tool, dir: &Path, name: &str) -> Result<Running, Strin
 
 impl Running {
     /// Stops bpftrace (SIGINT, then SIGKILL after [`STOP_LIMIT`]) and reaps it: its exit
-    /// status, CPU seconds and peak RSS (KiB).
-    fn reap(&mut self) -> Option<(ExitStatus, f64, u64)> {
+    /// status, CPU seconds, peak RSS (KiB) and whether it was killed.
+    fn reap(&mut self) -> Option<(ExitStatus, f64, u64, bool)> {
         let child = self.child.take()?;
         let pid = child.id() as libc::pid_t;
         // SAFETY: signalling our own child, not yet reaped.
@@ -324,7 +343,7 @@ impl Running {
             if r == pid {
                 let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
                 let cpu = secs(ru.ru_utime) + secs(ru.ru_stime);
-                break Some((ExitStatus::from_raw(st), cpu, ru.ru_maxrss as u64));
+                break Some((ExitStatus::from_raw(st), cpu, ru.ru_maxrss as u64, killed));
             }
             if r < 0 {
                 break None;
@@ -400,11 +419,20 @@ impl Running {
         if self.exited() {
             return Err(self.failed("exited during the measurement"));
         }
-        let Some((status, cpu_s, rss_kib)) = self.reap() else {
+        // Until its output has stopped growing for 200 ms.
+        let since = Instant::now();
+        loop {
+            let before = self.bytes.load(Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(200));
+            if self.bytes.load(Ordering::Relaxed) == before || since.elapsed() > SETTLE_LIMIT {
+                break;
+            }
+        }
+        let Some((status, cpu_s, rss_kib, killed)) = self.reap() else {
             return Err("bpftrace could not be reaped".into());
         };
         let out = self.output();
-        if !status.success() {
+        if !status.success() && !killed {
             return Err(self.explain("did not stop cleanly", Some(status), &out));
         }
         Ok(Observed {
@@ -414,6 +442,7 @@ impl Running {
             counted: out.counted,
             cpu_s,
             rss_kib,
+            killed,
         })
     }
 }
@@ -423,5 +452,96 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.reap();
         self.output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+
+    /// Hands out `data` a few bytes at a time, so that lines straddle reads.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(self.data.len()).min(buf.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn output_is_counted_after_the_marker_only() {
+        let text = format!(
+            "Attaching 3 probes...\n{ATTACHED}\nffff8881 12 curl 127.0.0.1 0 127.0.0.1 80 7 -> 2 0\n\
+             ffff8881 12 curl 127.0.0.1 4000 127.0.0.1 80 2 -> 1 0\nLost 17 events\n\n\n\
+             @[4, 5]: 10\n@[1, 7]: 3"
+        );
+        for step in [1, 7, 1 << 16] {
+            let (tx, rx) = mpsc::channel();
+            let bytes = AtomicU64::new(0);
+            let o = drain(
+                Trickle {
+                    data: text.as_bytes(),
+                    step,
+                },
+                tx,
+                &bytes,
+            );
+            assert_eq!(bytes.load(Ordering::Relaxed), text.len() as u64);
+            assert!(rx.try_recv().is_ok(), "marker seen (step {step})");
+            assert_eq!((o.lines, o.lost, o.counted), (2, 17, 13), "step {step}");
+            assert_eq!(o.bytes, text.len() as u64);
+            assert_eq!(o.head, "Attaching 3 probes...\n");
+        }
+    }
+
+    /// Both scripts attach on this kernel and see state changes of loopback connections made
+    /// right after `start` returns (as root with bpftrace; `LOADPROBE_REQUIRE_BPF=1` makes a
+    /// missing one a failure).
+    #[test]
+    fn scripts_see_connections_made_once_attached() {
+        let usable = crate::is_root() && Path::new("/usr/bin/bpftrace").exists();
+        if !usable {
+            assert!(
+                std::env::var_os("LOADPROBE_REQUIRE_BPF").is_none(),
+                "needs root and bpftrace"
+            );
+            eprintln!("skipped: needs root and bpftrace");
+            return;
+        }
+        let dir = crate::bench::TempDir::new().unwrap();
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = 20;
+        for tool in TOOLS {
+            let running = start(tool, dir.path(), &format!("{tool:?}")).unwrap();
+            for _ in 0..connections {
+                let client = TcpStream::connect(addr).unwrap();
+                let (server, _) = listener.accept().unwrap();
+                drop(client);
+                drop(server);
+            }
+            let o = running.stop().unwrap();
+            // Each connection: the client's SYN_SENT, ESTABLISHED, FIN_WAIT1, FIN_WAIT2 and
+            // CLOSE, the server's SYN_RECV, ESTABLISHED, CLOSE_WAIT, LAST_ACK and CLOSE (other
+            // traffic on the machine adds to it). Without the settling in `stop`, the print
+            // script's last lines are lost.
+            let seen = match tool {
+                Tool::BpftracePrint => o.lines,
+                _ => o.counted,
+            };
+            // Other traffic on a busy machine can make bpftrace lose events.
+            assert!(
+                seen + o.lost >= 10 * connections,
+                "{}: {seen} state changes for {connections} connections: {o:?}",
+                tool.label()
+            );
+        }
     }
 }
