@@ -14,12 +14,18 @@
 //! send nothing. No tracepoint probe can cost less than those, so they say which targets a
 //! probe can meet at all on this machine.
 //!
+//! With `--floor`, server-close also gets the tools a person attaches instead of the probe
+//! (see [`bpftrace`]): a bpftrace script printing one line per TCP state change, as BCC's
+//! tcpstates does, and one counting transitions in a map, each attached while loadprobe
+//! `--no-probe` drives the load.
+//!
 //! With `--tls`, the same over HTTPS instead (see [`tls`]): nginx speaks TLS 1.3, and loadprobe
 //! runs with resumption off and on, each peer compared with the loadprobe row that does the same
 //! kind of handshake as it does (measured first, from nginx's `$ssl_session_reused`).
 //!
 //! nginx is stopped at the end, on error and on Ctrl-C (SIGINT/SIGTERM) too.
 
+mod bpftrace;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -58,7 +64,10 @@ pub struct BenchArgs {
     no_rss: bool,
     /// Also measure the probe's cost floors: loadprobe with the probe's programs attached but
     /// returning at once, and reading and filtering each socket but sending nothing. What any
-    /// tracepoint probe pays before its own work (`loadprobe run --probe-floor`).
+    /// tracepoint probe pays before its own work (`loadprobe run --probe-floor`). In
+    /// server-close (plain HTTP) also two bpftrace scripts on `sock:inet_sock_set_state`, one
+    /// printing each state change and one counting them, each attached while loadprobe
+    /// `--no-probe` drives the load.
     #[arg(long)]
     floor: bool,
     /// HTTPS rows instead of plain HTTP: nginx speaks TLS 1.3 with an ECDSA P-256 certificate
@@ -81,6 +90,11 @@ enum Tool {
     ProbeResume,
     /// loadprobe, `--no-probe`, `--tls-resume on`.
     NoProbeResume,
+    /// loadprobe `--no-probe` with a bpftrace script printing one line per TCP state change
+    /// attached (BCC's tcpstates as bpftrace).
+    BpftracePrint,
+    /// loadprobe `--no-probe` with a bpftrace script counting TCP state changes in a map.
+    BpftraceCount,
     Wrk,
     Oha,
     Reference,
@@ -95,6 +109,8 @@ impl Tool {
             Tool::FloorFiltered => "loadprobe (floor: filtered)",
             Tool::ProbeResume => "loadprobe (probe, resume on)",
             Tool::NoProbeResume => "loadprobe (--no-probe, resume on)",
+            Tool::BpftracePrint => "bpftrace (print per event)",
+            Tool::BpftraceCount => "bpftrace (count in map)",
             Tool::Wrk => "wrk",
             Tool::Oha => "oha",
             Tool::Reference => "reference loop",
@@ -134,7 +150,8 @@ impl Tool {
 
     /// Who runs in `mode`: wrk has no client-close; oha's `--disable-keepalive` sends
     /// `Connection: close`, so the server closes: server-close. Over TLS loadprobe runs with
-    /// resumption off and on, and the reference loop (plain TCP) not at all.
+    /// resumption off and on, and the reference loop (plain TCP) not at all. The bpftrace
+    /// peers run beside the floors in plain server-close, where the probe's cost is.
     fn in_mode(mode: &str, oha: bool, floor: bool, tls: bool) -> Vec<Tool> {
         let mut tools = vec![Tool::Probe, Tool::NoProbe];
         if tls {
@@ -142,6 +159,9 @@ impl Tool {
         }
         if floor {
             tools.extend([Tool::FloorAttached, Tool::FloorFiltered]);
+            if mode == "server-close" && !tls {
+                tools.extend(bpftrace::TOOLS);
+            }
         }
         if mode != "client-close" {
             tools.push(Tool::Wrk);
@@ -163,6 +183,8 @@ struct Sample {
     value: f64,
     errors: u64,
     rss_kib: u64,
+    /// Requests (connections in the close modes) made in the measured window.
+    requests: f64,
     /// The contender's CPU time (user + system, start-up included) per request, µs.
     cpu_us_per_req: f64,
     /// nginx's worker CPU over the measured window, in cores (1.0: saturated).
@@ -175,6 +197,9 @@ struct Sample {
     resumed: Option<f64>,
     /// The contender's CPU time per handshake, µs, in the close modes of an https run.
     cpu_us_per_handshake: Option<f64>,
+    /// What bpftrace did beside loadprobe, for the bpftrace peers (the columns above are
+    /// loadprobe's).
+    observed: Option<bpftrace::Observed>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -209,7 +234,7 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<ExitCode> {
     install_signal_handlers();
     // What the release build and the probe need (setup's pieces, without the test-only apt
     // packages: nginx and wrk come from `ensure_packages`, with one apt-get update at most).
-    ensure_packages()?;
+    ensure_packages(args.floor)?;
     super::ensure_rust_src()?;
     super::ensure_bpf_linker()?;
     let oha = ensure_oha();
@@ -243,18 +268,32 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<ExitCode> {
         .filter(|m| args.modes.is_empty() || args.modes.iter().any(|a| a == m))
         .collect();
     let mut samples: BTreeMap<(&str, Tool), Vec<Sample>> = BTreeMap::new();
+    // A bpftrace peer that could not run, and why (it is not tried again).
+    let mut not_run: BTreeMap<Tool, String> = BTreeMap::new();
     for rep in 0..args.repeat {
         for &mode in &modes {
             let mut tools = Tool::in_mode(mode, ctx.oha.is_some(), args.floor, args.tls);
+            tools.retain(|t| !not_run.contains_key(t));
             if rep % 2 == 1 {
                 tools.reverse();
             }
             // The longest label: "loadprobe (--no-probe, resume off)" over TLS.
             let width = if args.tls { 34 } else { 27 };
             for tool in tools {
-                let s = ctx.measure(mode, tool, rep)?;
+                let s = if bpftrace::script(tool).is_some() {
+                    match ctx.measure_beside_bpftrace(mode, tool, rep)? {
+                        Ok(s) => s,
+                        Err(why) => {
+                            println!("bench: {}: not run: {why}", tool.label());
+                            not_run.insert(tool, why);
+                            continue;
+                        }
+                    }
+                } else {
+                    ctx.measure(mode, tool, rep)?
+                };
                 println!(
-                    "bench: [{}/{}] {mode:<12} {:<width$} {:>9.0} {}/s{}",
+                    "bench: [{}/{}] {mode:<12} {:<width$} {:>9.0} {}/s{}{}",
                     rep + 1,
                     args.repeat,
                     tool.label_in(args.tls),
@@ -264,7 +303,13 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<ExitCode> {
                         format!("  ({} errors)", s.errors)
                     } else {
                         String::new()
-                    }
+                    },
+                    s.observed.as_ref().map_or(String::new(), |o| format!(
+                        "  (bpftrace: {:.1} lines, {:.1} counted per connection, {} lost)",
+                        o.lines as f64 / s.requests,
+                        o.counted as f64 / s.requests,
+                        o.lost
+                    )),
                 );
                 samples.entry((mode, tool)).or_default().push(s);
                 // Let the last run's closes and FIN handshakes settle.
@@ -292,6 +337,7 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<ExitCode> {
         &env,
         &args,
         &samples,
+        &not_run,
         oha.as_ref().err(),
         rss.as_ref(),
         calibration.as_ref(),
@@ -301,16 +347,21 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What the bench needs from Debian, installed when missing (one `apt-get update` at most).
-fn ensure_packages() -> Result<()> {
-    let wanted = [("nginx", "/usr/sbin/nginx"), ("wrk", "/usr/bin/wrk")];
+/// What the bench needs from Debian, installed when missing (one `apt-get update` at most):
+/// bpftrace for the peers of a `--floor` bench.
+fn ensure_packages(floor: bool) -> Result<()> {
+    let mut wanted = vec![("nginx", "/usr/sbin/nginx"), ("wrk", "/usr/bin/wrk")];
+    if floor {
+        wanted.push(("bpftrace", "/usr/bin/bpftrace"));
+    }
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(_, bin)| !Path::new(bin).exists())
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {
-        println!("bench: nginx, wrk: installed");
+        let names: Vec<&str> = wanted.iter().map(|(pkg, _)| *pkg).collect();
+        println!("bench: {}: installed", names.join(", "));
         return Ok(());
     }
     if !super::is_root() {
@@ -814,6 +865,30 @@ impl Ctx<'_> {
         Ok(cmd)
     }
 
+    /// `tool`, a bpftrace peer: its script attached, then loadprobe `--no-probe` measured as
+    /// any contender, then the script stopped. `Ok(Err(why))` when bpftrace cannot run here.
+    fn measure_beside_bpftrace(
+        &self,
+        mode: &str,
+        tool: Tool,
+        rep: u32,
+    ) -> Result<Result<Sample, String>> {
+        let name = format!("{mode}-{tool:?}-{rep}-bpftrace");
+        let running = match bpftrace::start(tool, self.dir, &name) {
+            Ok(r) => r,
+            Err(why) => {
+                check_interrupted()?;
+                return Ok(Err(why));
+            }
+        };
+        // On an error loadprobe's, dropping `running` stops bpftrace.
+        let mut s = self.measure(mode, tool, rep)?;
+        Ok(running.stop().map(|o| {
+            s.observed = Some(o);
+            s
+        }))
+    }
+
     fn measure(&self, mode: &str, tool: Tool, rep: u32) -> Result<Sample> {
         let d = self.args.duration;
         let name = format!("{mode}-{tool:?}-{rep}");
@@ -913,6 +988,7 @@ impl Ctx<'_> {
             value,
             errors,
             rss_kib: f.rss_kib,
+            requests,
             cpu_us_per_req: f.cpu_s / requests * 1e6,
             // The window is the contender's measured one: nginx idles during start-up.
             nginx_cores: nginx_cpu.map(|c| (c / secs.max(1e-3)).min(1.0)),
@@ -923,6 +999,7 @@ impl Ctx<'_> {
             cpu_us_per_handshake: handshakes
                 .filter(|&h| per_conn && h >= 1.0)
                 .map(|h| f.cpu_s / h * 1e6),
+            observed: None,
         })
     }
 
@@ -1101,6 +1178,7 @@ fn render(
     env: &Env,
     args: &BenchArgs,
     samples: &BTreeMap<(&str, Tool), Vec<Sample>>,
+    not_run: &BTreeMap<Tool, String>,
     oha_missing: Option<&String>,
     rss: Option<&Rss>,
     calibration: Option<&tls::Calibration>,
@@ -1128,11 +1206,22 @@ fn render(
             Tool::NoProbeResume,
             Tool::FloorAttached,
             Tool::FloorFiltered,
+            Tool::BpftracePrint,
+            Tool::BpftraceCount,
             Tool::Wrk,
             Tool::Oha,
             Tool::Reference,
         ] {
             let Some(s) = samples.get(&(mode, tool)) else {
+                let here = Tool::in_mode(mode, false, args.floor, args.tls).contains(&tool);
+                if let Some(why) = not_run.get(&tool).filter(|_| here) {
+                    let _ = writeln!(
+                        t,
+                        "| {mode} | {} | not run: {} | | | | | |",
+                        tool.label(),
+                        why.replace('|', "/")
+                    );
+                }
                 continue;
             };
             let runs: Vec<String> = s.iter().map(|s| thousands(s.value)).collect();
@@ -1163,6 +1252,9 @@ fn render(
         Some(c) => c.targets(&m),
         None => plain_targets(&m),
     };
+    if args.floor && calibration.is_none() {
+        rows.extend(peer_targets(&m));
+    }
     let mut rss_note = String::new();
     if let Some(rss) = rss {
         if let [small, large] = &rss.runs[..] {
@@ -1213,6 +1305,16 @@ fn render(
             }
         }
     }
+    // The bpftrace peers against no probe and the floors (against the probe: the targets).
+    for peer in bpftrace::TOOLS {
+        let mode = "server-close";
+        for other in [Tool::NoProbe, Tool::FloorAttached, Tool::FloorFiltered] {
+            if let Some(r) = ratio(m(mode, peer), m(mode, other)) {
+                let (p, o) = (peer.label(), other.label());
+                let _ = writeln!(t, "| {p} / {o}, {mode} | {r:.3} | (peer) | |");
+            }
+        }
+    }
     if let Some(c) = calibration {
         t.push_str(&c.note(&m));
     } else {
@@ -1222,7 +1324,95 @@ fn render(
             }
         }
     }
+    t.push_str(&peers_note(samples, not_run));
     t.push_str(&rss_note);
+    t
+}
+
+/// The targets against the bpftrace peers (server-close): the probe costs less throughput
+/// than printing each state change, and no more than counting them, while it measures closers
+/// and every TIME_WAIT lifetime.
+fn peer_targets(m: &Median<'_>) -> Vec<Row> {
+    let mode = "server-close";
+    let name = |peer: Tool| format!("{} / {}, {mode}", Tool::Probe.label(), peer.label());
+    vec![
+        (
+            name(Tool::BpftracePrint),
+            ratio(m(mode, Tool::Probe), m(mode, Tool::BpftracePrint)),
+            "> 1.0",
+            |r| r > 1.0,
+        ),
+        (
+            name(Tool::BpftraceCount),
+            ratio(m(mode, Tool::Probe), m(mode, Tool::BpftraceCount)),
+            "≥ 1.0",
+            |r| r >= 1.0,
+        ),
+    ]
+}
+
+/// What bpftrace itself did in each peer's runs (medians per connection): the table's columns
+/// are loadprobe's, this is the rest of the peer's cost. And why a peer stopped running.
+fn peers_note(
+    samples: &BTreeMap<(&str, Tool), Vec<Sample>>,
+    not_run: &BTreeMap<Tool, String>,
+) -> String {
+    let mut t = String::new();
+    for peer in bpftrace::TOOLS {
+        let Some(s) = samples.get(&("server-close", peer)) else {
+            continue;
+        };
+        let per_conn = |f: fn(&bpftrace::Observed) -> f64| {
+            median_of(
+                s.iter()
+                    .filter_map(|s| Some(f(s.observed.as_ref()?) / s.requests.max(1.0))),
+            )
+            .unwrap_or(0.0)
+        };
+        let lines = per_conn(|o| o.lines as f64);
+        let bytes = per_conn(|o| o.bytes as f64);
+        let counted = per_conn(|o| o.counted as f64);
+        let cpu = per_conn(|o| o.cpu_s * 1e6);
+        let lost: u64 = s
+            .iter()
+            .filter_map(|s| s.observed.as_ref())
+            .map(|o| o.lost)
+            .sum();
+        let rss = s
+            .iter()
+            .filter_map(|s| s.observed.as_ref())
+            .map(|o| o.rss_kib)
+            .max()
+            .unwrap_or(0);
+        let killed = s
+            .iter()
+            .filter(|s| s.observed.as_ref().is_some_and(|o| o.killed))
+            .count();
+        if killed > 0 {
+            let _ = write!(
+                t,
+                "\n{}: bpftrace still printing {} s after SIGINT in {killed} of {} runs, killed",
+                peer.label(),
+                bpftrace::STOP_LIMIT.as_secs(),
+                s.len()
+            );
+        }
+        let what = if peer == Tool::BpftracePrint {
+            format!("{lines:.2} lines ({bytes:.0} bytes) printed, {lost} events lost in all runs")
+        } else {
+            format!("{counted:.2} state changes counted")
+        };
+        let _ = write!(
+            t,
+            "\n{}, server-close: per connection {what}; bpftrace's own CPU {cpu:.1} µs per \
+             connection (compiling and attaching included), peak RSS {:.1} MiB\n",
+            peer.label(),
+            rss as f64 / 1024.0
+        );
+        if let Some(why) = not_run.get(&peer) {
+            let _ = writeln!(t, "(stopped after {} runs: {why})", s.len());
+        }
+    }
     t
 }
 

@@ -32,6 +32,8 @@ const APT_PACKAGES: &[&[&str]] = &[
     &["tcpdump"],
     // A real Prometheus server scrapes `trace --metrics` in the tests.
     &["prometheus"],
+    // The peers of `bench --floor`: what a person attaches instead of the probe.
+    &["bpftrace"],
 ];
 
 #[derive(Parser)]
