@@ -221,7 +221,7 @@ fn wait_for_drop(pid: u32, kept: &str) -> Vec<std::collections::BTreeMap<String,
         }
         assert!(
             Instant::now() < deadline,
-            "run {pid} kept its capabilities: {:?}",
+            "run {pid}: its threads' CapEff {:?} after 30 s, not {kept}",
             statuses.iter().map(|s| &s["CapEff"]).collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(20));
