@@ -1,9 +1,13 @@
 //! Giving up privileges once the probe is attached: the attached programs, the ring buffer's
 //! mapping and the maps' file descriptors keep working without any capability (the kernel checks
 //! privileges when a program is loaded or a map is created, not when an open descriptor is
-//! used), so a long-running `trace` keeps none.
+//! used), so a long-running `trace` keeps none, and `run` only what writing its outputs needs
+//! ([`drop_caps_in_every_thread`]).
 
 use std::ffi::CString;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// capability(7) number of CAP_SETPCAP, which dropping from the bounding set needs.
 const CAP_SETPCAP: u32 = 8;
@@ -226,29 +230,53 @@ fn drop_bounding_set() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Empties this thread's effective, permitted and inheritable sets (capset(2); the libc crate
-/// has no wrapper for it).
+/// Empties this thread's effective, permitted and inheritable sets.
 fn clear_caps() -> std::io::Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let header = Header {
+    capset(&[CapData::default(); 2])
+}
+
+/// One half of the capability sets as capget(2) and capset(2) take them (version 3: two
+/// halves, capabilities 0-31 then 32-63).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// This thread's capability sets (capget(2); the libc crate has no wrapper for it).
+fn capget(data: &mut [CapData; 2]) -> std::io::Result<()> {
+    let mut header = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let data = [Data::default(); 2];
-    // SAFETY: version 3 takes a header and two data structs, both live and correctly laid out;
-    // the kernel only reads them. Lowering capabilities is always allowed.
+    // SAFETY: version 3 takes a header and two data structs, both live and correctly laid
+    // out; the kernel writes the two data structs only.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Sets this thread's capability sets (capset(2)); lowering them is always allowed.
+fn capset(data: &[CapData; 2]) -> std::io::Result<()> {
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: version 3 takes a header and two data structs, both live and correctly laid
+    // out; the kernel only reads them.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
     if rc == 0 {
         Ok(())
@@ -269,6 +297,290 @@ fn status_field(name: &str) -> Option<String> {
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
+/// capability(7) numbers of the file access checks a process running as uid 0 may still need.
+pub const CAP_DAC_OVERRIDE: u32 = 1;
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
+pub const CAP_FOWNER: u32 = 3;
+
+/// The capabilities uid 0 needs, once it holds no others, to rename a file of its own over
+/// `target` in `dir` (and to remove that file instead): CAP_DAC_OVERRIDE when the directory's
+/// mode does not let this process's uid or groups write and search it, CAP_FOWNER when a
+/// sticky directory's `target` exists and belongs to neither this uid nor the directory's
+/// owner (the rename replaces it). An unreadable directory needs the override.
+pub fn caps_to_replace_in(dir: &Path, target: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return 1 << CAP_DAC_OVERRIDE;
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let mode = meta.mode();
+    let class = if meta.uid() == uid {
+        mode >> 6
+    } else if in_groups(meta.gid()) {
+        mode >> 3
+    } else {
+        mode
+    };
+    let mut needs = 0;
+    // Write and search.
+    if class & 0o3 != 0o3 {
+        needs |= 1 << CAP_DAC_OVERRIDE;
+    }
+    if mode & libc::S_ISVTX != 0
+        && meta.uid() != uid
+        && std::fs::symlink_metadata(target).is_ok_and(|t| t.uid() != uid)
+    {
+        needs |= 1 << CAP_FOWNER;
+    }
+    needs
+}
+
+/// Whether `gid` is this process's effective group or one of its supplementary groups.
+fn in_groups(gid: libc::gid_t) -> bool {
+    // SAFETY: getegid has no preconditions and cannot fail.
+    if unsafe { libc::getegid() } == gid {
+        return true;
+    }
+    // SAFETY: a zero-length call only returns the count.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    if n <= 0 {
+        return false;
+    }
+    let mut groups = vec![0 as libc::gid_t; n as usize];
+    // SAFETY: `groups` has room for `n` entries.
+    let n = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+    n > 0 && groups[..n as usize].contains(&gid)
+}
+
+/// What [`drop_caps_in_every_thread`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapsDropped {
+    /// The capabilities still effective (and permitted): those asked to be kept that the
+    /// process had.
+    pub kept: u64,
+    /// Threads that gave theirs up (the calling one included).
+    pub threads: usize,
+    /// Whether the bounding set is empty and the securebits are locked: without CAP_SETPCAP
+    /// neither can be done, and no-new-privs alone stops an exec from gaining capabilities.
+    pub bounding_dropped: bool,
+}
+
+/// securebits(7): uid 0 gains no capabilities at exec (NOROOT), the keep-caps flag stays off
+/// and no capability can be raised into the ambient set, each of the three locked.
+const SECUREBITS: libc::c_ulong = bit(0) // SECURE_NOROOT
+    | bit(1) // SECURE_NOROOT_LOCKED
+    | bit(5) // SECURE_KEEP_CAPS_LOCKED
+    | bit(6) // SECURE_NO_CAP_AMBIENT_RAISE
+    | bit(7); // SECURE_NO_CAP_AMBIENT_RAISE_LOCKED
+
+const fn bit(n: u32) -> libc::c_ulong {
+    1 << n
+}
+
+/// What every thread keeps, for the signal handler.
+static KEEP: AtomicU64 = AtomicU64::new(0);
+/// Threads whose handler has run since the last broadcast.
+static ANSWERED: AtomicUsize = AtomicUsize::new(0);
+/// The first failure in a handler: the step's index + 1 in the high half, errno in the low.
+static FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// How often [`drop_caps_in_every_thread`] goes over the threads before it gives up: a thread
+/// started meanwhile by one that had not dropped yet inherits its capabilities and is found
+/// on the next pass.
+const PASSES: usize = 10;
+/// How long one pass waits for the threads it signalled.
+const PASS_WAIT: Duration = Duration::from_secs(1);
+
+/// The steps of [`drop_this_thread`], by index, for errors.
+const STEPS: [&str; 6] = [
+    "capget",
+    "setting the securebits",
+    "dropping the bounding set",
+    "no-new-privs",
+    "clearing the ambient set",
+    "capset",
+];
+
+/// The signal that makes a thread drop its capabilities. No library loadprobe links uses
+/// real-time signals (the C library's own are below SIGRTMIN).
+fn drop_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 4
+}
+
+/// Gives up every capability but those in `keep` (a mask of capability(7) numbers) in every
+/// thread of the process, without changing its uid: empties the inheritable, ambient and
+/// bounding sets, lowers the effective and permitted sets to `keep`, sets no-new-privs and
+/// locks the securebits so that an exec (also by uid 0) regains nothing.
+///
+/// Capabilities belong to each thread, and a process that already runs a runtime cannot make
+/// them go away in one call: the calling thread drops its own, then every other thread is sent
+/// [`drop_signal`], whose handler does the same, pass after pass, until `/proc/self/task` shows
+/// no thread holding more. Threads started later inherit the lowered sets.
+pub fn drop_caps_in_every_thread(keep: u64) -> Result<CapsDropped, PrivilegeError> {
+    let setpcap = held_caps() & (1 << CAP_SETPCAP) != 0;
+    KEEP.store(keep, Ordering::SeqCst);
+    FAILED.store(0, Ordering::SeqCst);
+    // SAFETY: the handler only makes raw syscalls and touches atomics (async-signal-safe);
+    // `sa` is fully initialised before the call.
+    let rc = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_drop_signal as *const () as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(drop_signal(), &sa, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(PrivilegeError::Step {
+            step: "installing the signal handler",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    drop_this_thread(keep).map_err(step_error)?;
+    // SAFETY: getpid has no preconditions and cannot fail.
+    let pid = unsafe { libc::getpid() };
+    for _ in 0..PASSES {
+        let holding: Vec<libc::pid_t> = threads()
+            .into_iter()
+            .filter(|&tid| still_holds(tid, keep, setpcap))
+            .collect();
+        if holding.is_empty() {
+            return Ok(CapsDropped {
+                kept: held_caps() & keep,
+                threads: threads().len(),
+                bounding_dropped: setpcap,
+            });
+        }
+        ANSWERED.store(0, Ordering::SeqCst);
+        let mut sent = 0;
+        for tid in holding {
+            // SAFETY: tgkill to a thread of this process; one that exited meanwhile is ESRCH.
+            if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, drop_signal()) } == 0 {
+                sent += 1;
+            }
+        }
+        let deadline = Instant::now() + PASS_WAIT;
+        while ANSWERED.load(Ordering::SeqCst) < sent && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let failed = FAILED.load(Ordering::SeqCst);
+        if failed != 0 {
+            return Err(step_error((
+                (failed >> 32) as usize - 1,
+                (failed & 0xffff_ffff) as i32,
+            )));
+        }
+    }
+    Err(PrivilegeError::Left(format!(
+        "threads still holding capabilities after {PASSES} passes"
+    )))
+}
+
+fn step_error((step, errno): (usize, i32)) -> PrivilegeError {
+    PrivilegeError::Step {
+        step: STEPS[step],
+        source: std::io::Error::from_raw_os_error(errno),
+    }
+}
+
+extern "C" fn on_drop_signal(_: libc::c_int) {
+    // SAFETY: this thread's errno, saved and restored around the handler's syscalls.
+    let errno = unsafe { *libc::__errno_location() };
+    if let Err((step, err)) = drop_this_thread(KEEP.load(Ordering::SeqCst)) {
+        let code = ((step as u64 + 1) << 32) | u64::from(err as u32);
+        let _ = FAILED.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    ANSWERED.fetch_add(1, Ordering::SeqCst);
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// The calling thread's part of [`drop_caps_in_every_thread`]: raw syscalls only, so that a
+/// signal handler may run it. On failure, the index of the step in [`STEPS`] and errno.
+fn drop_this_thread(keep: u64) -> Result<(), (usize, i32)> {
+    let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let mut data = [CapData::default(); 2];
+    capget(&mut data).map_err(|_| (0, errno()))?;
+    let permitted = u64::from(data[0].permitted) | u64::from(data[1].permitted) << 32;
+    let effective = u64::from(data[0].effective) | u64::from(data[1].effective) << 32;
+    if effective & (1 << CAP_SETPCAP) != 0 {
+        // SAFETY: prctl with integer arguments only changes this thread's flags.
+        if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0, 0, 0) } != 0 {
+            return Err((1, errno()));
+        }
+        for cap in 0..64 as libc::c_ulong {
+            // SAFETY: as above, for this thread's bounding set; an unknown capability number
+            // only returns EINVAL.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+                let e = errno();
+                if e == libc::EINVAL && cap > 0 {
+                    break;
+                }
+                return Err((2, e));
+            }
+        }
+    }
+    // SAFETY: as above.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err((3, errno()));
+    }
+    // SAFETY: as above, for this thread's ambient set.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err((4, errno()));
+    }
+    let kept = permitted & keep;
+    let set = CapData {
+        effective: kept as u32,
+        permitted: kept as u32,
+        inheritable: 0,
+    };
+    let high = CapData {
+        effective: (kept >> 32) as u32,
+        permitted: (kept >> 32) as u32,
+        inheritable: 0,
+    };
+    capset(&[set, high]).map_err(|_| (5, errno()))
+}
+
+/// The threads of this process (`/proc/self/task`).
+fn threads() -> Vec<libc::pid_t> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether thread `tid` still holds more than `keep` (or, when the bounding set could be
+/// emptied, any of it), or lacks no-new-privs. A thread that is gone holds nothing.
+fn still_holds(tid: libc::pid_t, keep: u64, bounding: bool) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")) else {
+        return false;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(u64::MAX)
+    };
+    field("CapEff:") & !keep != 0
+        || field("CapPrm:") & !keep != 0
+        || field("CapInh:") != 0
+        || field("CapAmb:") != 0
+        || (bounding && field("CapBnd:") != 0)
+        || field("NoNewPrivs:") != 1
+}
 
 /// The calling thread's effective capabilities (`CapEff`), `None` if unreadable.
 pub fn effective_caps() -> Option<u64> {

@@ -18,6 +18,7 @@ use crate::error_chain::one_line;
 use crate::model::{Live, Workload};
 
 use crate::kernel;
+use crate::privileges::{self, PrivilegeError};
 use crate::probe::session::Session;
 use crate::probe::{Floor, Netns, ProbeError, ProbeOptions};
 use crate::report::{
@@ -53,6 +54,12 @@ pub struct RunOnce<'a> {
     pub stop: Stop,
     /// Receives one-line warnings as they happen (probe off, sampling failed).
     pub warn: &'a dyn Fn(&str),
+    /// Once the probe is attached, give up every capability but these (a mask of
+    /// capability(7) numbers; see [`privileges::drop_caps_in_every_thread`]): nothing later in
+    /// a run needs one but what writing its outputs may. None keeps them all, for a caller
+    /// that attaches again or makes namespaces after this run (`tune validate`, `find-limit`,
+    /// the repetitions before the last).
+    pub drop_privileges: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +70,12 @@ pub enum RunError {
     Probe(#[from] ProbeError),
     #[error(transparent)]
     Report(#[from] ReportError),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
 }
 
 /// Preflight (one connection, before the probe so it is not counted), probe, TIME_WAIT
-/// sampling, the load itself, then the record. Must run inside a tokio runtime.
+/// sampling, privileges given up, the load itself, then the record. Must run inside a tokio runtime.
 pub async fn run_once(run: RunOnce<'_>) -> Result<RunRecord, RunError> {
     let RunOnce {
         config,
@@ -76,6 +85,7 @@ pub async fn run_once(run: RunOnce<'_>) -> Result<RunRecord, RunError> {
         live,
         stop,
         warn,
+        drop_privileges,
     } = run;
     // A stop during the check (a target that never answers holds it for --connect-timeout)
     // goes on at once to the load, which sees the stop: an interrupted run, nothing measured.
@@ -126,6 +136,11 @@ pub async fn run_once(run: RunOnce<'_>) -> Result<RunRecord, RunError> {
         Ok(session) if session.tracks_timewait() => None,
         _ => TwSampler::start(config.target.addr, live.clone(), Duration::from_secs(1)).ok(),
     };
+    // Everything that needed privileges is done: the programs are attached, the maps and the
+    // sampler's socket open. The load, the sampling and the record need none.
+    if let Some(keep) = drop_privileges {
+        privileges::drop_caps_in_every_thread(keep)?;
+    }
 
     let result = drive(config.clone(), live, stop).await;
 

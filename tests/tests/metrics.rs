@@ -234,9 +234,14 @@ fn metrics_equal_the_summary_while_running_unprivileged() {
 
 /// Scrapes until `ready` holds (the probe's reader drains every 20 ms); panics after 10 s.
 fn wait_for(netns: &Netns, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+    wait_at(netns, metrics_addr(), ready)
+}
+
+/// [`wait_for`] on the metrics at `addr`.
+fn wait_at(netns: &Netns, addr: SocketAddr, ready: impl Fn(&Scrape) -> bool) -> Scrape {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let s = scrape(netns, metrics_addr());
+        let s = scrape(netns, addr);
         if ready(&s) {
             return s;
         }
@@ -282,10 +287,10 @@ fn bad_user_or_metrics_address_is_one_line_before_the_probe() {
 }
 
 /// One deadline per client from its accept, not per read: sixteen clients that each send a
-/// byte a second, never finishing a request, are all cut off after 5 s, so scrapes get through
-/// again; meanwhile a client over the limit is told 503 at once rather than closed silently.
+/// byte a second, never finishing a request, are all cut off after 5 s; meanwhile they hold
+/// up no other client: a scrape beside them is answered at once.
 #[test]
-fn trickling_clients_hold_their_slots_only_until_their_deadline() {
+fn trickling_clients_are_cut_off_at_their_deadline() {
     if !require_root("trace --metrics with trickling clients") {
         return;
     }
@@ -304,19 +309,16 @@ fn trickling_clients_hold_their_slots_only_until_their_deadline() {
             })
             .collect()
     });
-    // Every slot is taken once the server has read each one's first bytes.
+    // The server has read each one's first bytes.
     sleep(Duration::from_millis(300));
-    let over = netns.enter_thread(|| {
-        let mut s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).expect("the 503");
-        answer
-    });
+    let asked = Instant::now();
+    let s = scrape(&netns, addr);
     assert!(
-        over.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
-        "{over:?}"
+        asked.elapsed() < Duration::from_secs(1),
+        "a scrape beside trickling clients took {:?}",
+        asked.elapsed()
     );
+    assert_eq!(get(&s, "loadprobe_lost_events_total"), 0);
     // A byte a second from each, for 7 s in all: the server must have closed them at 5 s.
     while accepted.elapsed() < Duration::from_secs(7) {
         sleep(Duration::from_secs(1));
@@ -336,9 +338,6 @@ fn trickling_clients_hold_their_slots_only_until_their_deadline() {
         })
         .count();
     assert_eq!(held, 0, "clients still held after 7 s");
-    // Their slots are free: a scrape is answered.
-    let s = scrape(&netns, addr);
-    assert_eq!(get(&s, "loadprobe_lost_events_total"), 0);
     drop(trickling);
     let trace = tracer.stop();
     assert!(trace.status.success(), "{}", trace.stderr);
@@ -397,4 +396,126 @@ fn idle_metrics_cost_nothing_per_live_timewait_socket() {
         "idle trace --metrics used {:.1} % of a CPU with {alive} timewait sockets alive",
         share * 100.0
     );
+}
+
+/// SIGHUP does not end a trace: a daemon outlives the terminal or session that started it, and
+/// a `kill -HUP` (a daemon's "reload") must not cost its counts. trace says so on stderr, keeps
+/// counting and serving, and SIGINT still ends it with its summary.
+#[test]
+fn sighup_keeps_tracing_and_serving() {
+    if !require_root("trace and SIGHUP") {
+        return;
+    }
+    const ADDR: &str = "127.0.0.1:9469";
+    let addr: SocketAddr = ADDR.parse().unwrap();
+    let netns = Netns::for_test("metrics-sighup");
+    let tracer = Tracer::start_with(netns.name(), &[8132], &["--metrics", ADDR]);
+    let pid = tracer.pid();
+    let mut made = client_first_close(&netns, V4, 8132);
+    let closed = |s: &Scrape| {
+        s.iter()
+            .filter(|(k, _)| k.starts_with("loadprobe_connections_closed_total"))
+            .map(|(_, v)| *v as u64)
+            .sum::<u64>()
+    };
+    let wait = |n: u64| wait_at(&netns, addr, |s| closed(s) == n);
+    wait(1);
+    for _ in 0..2 {
+        // SAFETY: kill(2) on the tracer, our child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) }, 0);
+        sleep(Duration::from_millis(300));
+    }
+    let state = loadprobe_tests::status_line(pid, "State:");
+    assert!(!state.starts_with('Z'), "trace ended at SIGHUP: {state}");
+    made.extend(server_first_close(&netns, V4, 8132));
+    let s = wait(2);
+    assert_eq!(
+        get(&s, "loadprobe_connections_closed_total{closer=\"server\"}"),
+        1
+    );
+    let trace = tracer.stop();
+    assert!(trace.status.success(), "{}", trace.stderr);
+    let hangups = trace
+        .stderr
+        .lines()
+        .filter(|l| l.contains("SIGHUP: still tracing"))
+        .count();
+    assert_eq!(hangups, 2, "{}", trace.stderr);
+    trace.assert_closers(&made);
+}
+
+/// `VmRSS` and `Threads` of `pid`.
+fn rss_and_threads(pid: u32) -> (u64, u64) {
+    let field = |name| {
+        loadprobe_tests::status_line(pid, name)
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} of {pid}"))
+    };
+    (field("VmRSS:"), field("Threads:"))
+}
+
+/// Clients that ask for /metrics and never read the answer, 200 of them kept open, hold no
+/// slot: the answer goes to the kernel whole and the client's thread ends, so a scrape beside
+/// them is answered (200, not 503), the trace's threads go back to the listener's and its
+/// memory stays where it was.
+#[test]
+fn clients_that_never_read_hold_nothing_up() {
+    if !require_root("trace --metrics with clients that never read") {
+        return;
+    }
+    const ADDR: &str = "127.0.0.1:9470";
+    let addr: SocketAddr = ADDR.parse().unwrap();
+    let netns = Netns::for_test("metrics-unread");
+    let tracer = Tracer::start_with(netns.name(), &[8133], &["--metrics", ADDR]);
+    let pid = tracer.pid();
+    burst_client_close(&netns, V4, 8133, 100);
+    // The first scrapes allocate what every later one reuses.
+    wait_at(&netns, addr, |s| {
+        get(s, "loadprobe_connections_closed_total{closer=\"client\"}") == 100
+    });
+    let (rss_before, threads_before) = rss_and_threads(pid);
+    let mut unread: Vec<TcpStream> = Vec::new();
+    for round in 0..4 {
+        unread.extend(netns.enter_thread(|| {
+            (0..50)
+                .map(|_| {
+                    let mut s = TcpStream::connect(addr).expect("connect");
+                    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                        .expect("send");
+                    s
+                })
+                .collect::<Vec<_>>()
+        }));
+        let asked = Instant::now();
+        let s = scrape(&netns, addr);
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "round {round}: a scrape took {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(
+            get(&s, "loadprobe_connections_closed_total{closer=\"client\"}"),
+            100
+        );
+    }
+    // Each never-reading client's answer waits in the kernel's buffers, not in trace.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (rss_after, threads_after) = loop {
+        let (rss, threads) = rss_and_threads(pid);
+        if threads == threads_before || Instant::now() > deadline {
+            break (rss, threads);
+        }
+        sleep(Duration::from_millis(50));
+    };
+    assert_eq!(threads_after, threads_before, "client threads left");
+    assert!(
+        rss_after < rss_before + 2048,
+        "RSS grew from {rss_before} to {rss_after} KiB with {} clients that never read",
+        unread.len()
+    );
+    drop(unread);
+    let trace = tracer.stop();
+    assert!(trace.status.success(), "{}", trace.stderr);
 }

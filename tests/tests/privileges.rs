@@ -1,7 +1,7 @@
 //! `loadprobe trace` giving up its privileges once attached, started in the ways a user or a
 //! container runtime may start it: without CAP_SETPCAP, with a kernel file that cannot be
 //! trusted, as a non-root user with only the probe's capabilities, on a system without
-//! `nobody`.
+//! `nobody`. And `loadprobe run` giving up its capabilities once its probe is attached.
 //!
 //! Needs root (or fails under `LOADPROBE_REQUIRE_BPF=1`) and the loadprobe binary of the same
 //! cargo profile.
@@ -9,7 +9,9 @@
 // A test binary sees every dependency of the package, whichever it uses.
 #![allow(unused_crate_dependencies)]
 
-use loadprobe_tests::{Netns, Tracer, V4, client_first_close, require_root, tempdir};
+use std::time::{Duration, Instant};
+
+use loadprobe_tests::{Netns, Tracer, V4, client_first_close, num, require_root, tempdir};
 
 /// The start line of a trace's stderr.
 fn start_line(stderr: &str) -> &str {
@@ -176,4 +178,133 @@ fn not_root_needs_no_nobody() {
         trace.stderr
     );
     trace.assert_closers(&made);
+}
+
+/// `loadprobe run ARGS -o DIR/record.json --html DIR/page.html` in `netns`, started now (a run
+/// of a few seconds: it ends by itself if the test fails first).
+fn start_run(netns: &Netns, args: &[&str], dir: &std::path::Path) -> std::process::Child {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", netns.name()])
+        .arg(loadprobe_tests::loadprobe_bin())
+        .arg("run")
+        .args(args)
+        .arg("-o")
+        .arg(dir.join("record.json"))
+        .arg("--html")
+        .arg(dir.join("page.html"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start loadprobe run")
+}
+
+/// Waits until every thread of `pid` has no effective capability but `kept` (the probe is
+/// attached by then), and returns each thread's status fields; panics after 30 s.
+fn wait_for_drop(pid: u32, kept: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let threads: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|dir| dir.filter_map(|e| e.ok()).collect())
+            .unwrap_or_default();
+        let statuses: Vec<std::collections::BTreeMap<String, String>> = threads
+            .iter()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .map(|s| {
+                s.lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                    .collect()
+            })
+            .collect();
+        if !statuses.is_empty() && statuses.iter().all(|s| s["CapEff"] == kept) {
+            return statuses;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {pid}: its threads' CapEff {:?} after 30 s, not {kept}",
+            statuses.iter().map(|s| &s["CapEff"]).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `run` started as root gives up every capability in every thread once the probe is
+/// attached (the load, the sampling and the record need none), keeps uid 0 (which writes the
+/// outputs into root's folders), and its record and page still land, with the probe's counts.
+#[test]
+fn run_drops_every_capability_after_attaching() {
+    if !require_root("run's privilege drop") {
+        return;
+    }
+    let netns = Netns::for_test("run-drop");
+    let dir = tempdir("run-drop");
+    let run = start_run(
+        &netns,
+        &[
+            "--mode",
+            "client-close",
+            "--users",
+            "2",
+            "--think-time",
+            "20ms",
+            "--requests",
+            "200",
+        ],
+        &dir,
+    );
+    let pid = run.id();
+    let threads = wait_for_drop(pid, "0000000000000000");
+    assert!(
+        threads.len() > 1,
+        "a runtime of several threads: {threads:?}"
+    );
+    for status in &threads {
+        for set in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
+            assert_eq!(status[set], "0000000000000000", "{} {set}", status["Pid"]);
+        }
+        assert_eq!(status["NoNewPrivs"], "1", "{}", status["Pid"]);
+        assert_eq!(status["Uid"], "0\t0\t0\t0");
+    }
+    let output = run.wait_with_output().expect("wait run");
+    loadprobe_tests::assert_success(&output);
+    let record = loadprobe_tests::read_record(&dir.join("record.json"), &output);
+    assert!(dir.join("page.html").exists());
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert_eq!(left.len(), 2, "temporary files left: {left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(record["probe"]["attached"], true, "{}", record["probe"]);
+    assert_eq!(num(&record, "connections.opened"), 200);
+    assert_eq!(num(&record, "connections.closer.client"), 200);
+    assert_eq!(num(&record, "time_wait.client.entered"), 200);
+    assert_eq!(num(&record, "probe.lost_events"), 0);
+}
+
+/// An output folder root may not write without CAP_DAC_OVERRIDE (another user's, mode 0755):
+/// `run` keeps that one capability and no other, and the record is renamed into the folder.
+#[test]
+fn run_keeps_dac_override_for_an_output_folder_root_cannot_write() {
+    if !require_root("run's privilege drop with another user's folder") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let netns = Netns::for_test("run-dac");
+    let dir = tempdir("run-dac");
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = start_run(
+        &netns,
+        &["--users", "2", "--think-time", "20ms", "--requests", "100"],
+        &dir,
+    );
+    let pid = run.id();
+    // CAP_DAC_OVERRIDE is capability 1.
+    for status in wait_for_drop(pid, "0000000000000002") {
+        assert_eq!(status["CapPrm"], "0000000000000002", "{}", status["Pid"]);
+        assert_eq!(status["CapBnd"], "0000000000000000", "{}", status["Pid"]);
+    }
+    let output = run.wait_with_output().expect("wait run");
+    loadprobe_tests::assert_success(&output);
+    let record = loadprobe_tests::read_record(&dir.join("record.json"), &output);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(num(&record, "connections.closer.client"), 100);
 }

@@ -504,3 +504,117 @@ fn the_same_tuples_in_two_namespaces_under_churn_match_the_kernel() {
         trace.summary
     );
 }
+
+/// The client program of [`namespaces_and_owners_that_go_away_leave_nothing_alive`]: three
+/// connections it leaves open, for its exit to close (client first), and two it waits on until
+/// the server closes them; it prints the local ports of those two, then exits.
+const EXITING_CLIENT: &str = r#"
+import socket, sys
+port = int(sys.argv[1])
+left = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+waited = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+print(" ".join(str(s.getsockname()[1]) for s in waited), flush=True)
+for s in waited:
+    s.recv(1)
+"#;
+
+/// `--all-netns` while network namespaces come and go, as containers do on a node, and the
+/// processes in them exit while they hold TIME_WAIT sockets: in each of five namespaces a
+/// client process makes five connections and exits (its exit closes three of them first; the
+/// server closed the other two first), then the namespace is deleted, which kills its
+/// timewait sockets. The trace keeps running, counts every connection with its closer, and
+/// each timewait socket ends as killed: nothing of a namespace that is gone stays alive in it.
+#[test]
+fn namespaces_and_owners_that_go_away_leave_nothing_alive() {
+    use loadprobe_tests::{Scrape, listen, read_to_eof, scrape};
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+    if !require_root("namespaces coming and going") {
+        return;
+    }
+    const PORT: u16 = 8197;
+    let metrics: SocketAddr = "127.0.0.1:9471".parse().unwrap();
+    let home = Netns::for_test("ns-churn");
+    let tracer = Tracer::start_with(
+        home.name(),
+        &[PORT],
+        &["--all-netns", "--metrics", "127.0.0.1:9471"],
+    );
+    const ROUNDS: u64 = 5;
+    for round in 0..ROUNDS {
+        let netns = Netns::for_test(&format!("ns-churn{round}"));
+        let listener = netns.enter_thread(|| listen(V4, PORT));
+        let mut client = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns.name(),
+                "python3",
+                "-c",
+                EXITING_CLIENT,
+            ])
+            .arg(PORT.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut accepted: Vec<_> = (0..5).map(|_| listener.accept().expect("accept")).collect();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(client.stdout.take().unwrap()),
+            &mut line,
+        )
+        .expect("the client's ports");
+        let waited: Vec<u16> = line
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        // The server closes first where the client waits; the rest the client's exit closes.
+        accepted.retain(|(_, peer)| !waited.contains(&peer.port()));
+        assert!(client.wait().expect("wait the client").success());
+        for (mut s, _) in accepted {
+            read_to_eof(&mut s);
+        }
+        drop(listener);
+        netns.wait_quiet();
+        drop(netns);
+    }
+    let series = |s: &Scrape, name: &str| {
+        s.iter()
+            .filter(|(k, _)| k.starts_with(name))
+            .map(|(_, v)| *v as u64)
+            .sum::<u64>()
+    };
+    // Deleting a namespace is finished by a kernel worker, a moment later.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let last = loop {
+        let s = scrape(&home, metrics);
+        if series(
+            &s,
+            "loadprobe_time_wait_ended_total{side=\"client\",reason=\"killed\"}",
+        ) == 3 * ROUNDS
+            && series(
+                &s,
+                "loadprobe_time_wait_ended_total{side=\"server\",reason=\"killed\"}",
+            ) == 2 * ROUNDS
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "not all killed: {s:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(series(&last, "loadprobe_time_wait_alive"), 0, "{last:#?}");
+    let trace = tracer.stop();
+    assert!(trace.status.success(), "{}", trace.stderr);
+    let s = &trace.summary;
+    assert_eq!(s["connections"], 5 * ROUNDS, "{s}");
+    assert_eq!(s["closer"]["client"], 3 * ROUNDS, "{s}");
+    assert_eq!(s["closer"]["server"], 2 * ROUNDS, "{s}");
+    for (side, n) in [("client", 3 * ROUNDS), ("server", 2 * ROUNDS)] {
+        let tw = &s["time_wait"][side];
+        assert_eq!(tw["entered"], n, "{side}: {tw}");
+        assert_eq!(tw["killed"], n, "{side}: {tw}");
+        assert_eq!(tw["open"], 0, "{side}: {tw}");
+    }
+    assert_eq!(trace.lost_events(), 0);
+    assert_eq!(trace.records.len() as u64, 5 * ROUNDS);
+}

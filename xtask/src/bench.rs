@@ -208,7 +208,7 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn install_signal_handlers() {
+pub(crate) fn install_signal_handlers() {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
@@ -220,7 +220,7 @@ fn install_signal_handlers() {
     }
 }
 
-fn check_interrupted() -> Result<()> {
+pub(crate) fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -438,26 +438,23 @@ fn build(root: &Path) -> Result<(PathBuf, PathBuf)> {
         "-p",
         "bench-ref",
     ]))?;
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => std::env::current_dir()?.join(dir),
-        None => root.join("target"),
-    };
+    let target = super::target_dir(root)?;
     Ok((
         target.join("release/loadprobe"),
         target.join("release/bench-ref"),
     ))
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind 127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
 
 /// A temporary directory, removed when dropped.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> Result<TempDir> {
+    pub(crate) fn new() -> Result<TempDir> {
         let mut template = b"/tmp/loadprobe-bench.XXXXXX\0".to_vec();
         // SAFETY: a NUL-terminated, writable template.
         let p = unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) };
@@ -468,7 +465,7 @@ impl TempDir {
         Ok(TempDir(PathBuf::from(String::from_utf8(template)?)))
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -659,7 +656,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 /// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After "pid (comm) ": state is field 3; utime and stime are fields 14 and 15.
     let rest: Vec<&str> = st.rsplit_once(')')?.1.split_whitespace().collect();

@@ -1,4 +1,4 @@
-//! Developer tasks for loadprobe: `cargo xtask setup|test|run|lint|bench|install|uninstall`.
+//! Developer tasks for loadprobe: `cargo xtask setup|test|run|lint|bench|soak|install|uninstall`.
 //!
 //! `setup` provisions everything the build and the tests need (nightly rust-src, a bpf-linker
 //! linked against nightly's own libLLVM, a few Debian packages). It is idempotent and
@@ -14,6 +14,7 @@ use std::process::{Command, ExitCode, Stdio};
 mod bench;
 mod install;
 mod layers;
+mod soak;
 
 /// The bpf-linker release line that matches aya 0.14 and nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13";
@@ -62,6 +63,10 @@ enum Task {
     /// Provision, then loadprobe's throughput against wrk, oha and a reference epoll loop on a
     /// private one-worker nginx, plus peak RSS; prints a table of medians and ratios.
     Bench(bench::BenchArgs),
+    /// `loadprobe trace --all-netns --metrics` under steady churn for a long time (30 min by
+    /// default): its RSS at minute 1 and at the end, lost events, connections seen; a verdict
+    /// against growth under 5 % and no lost event. Not part of `test`.
+    Soak(soak::SoakArgs),
     /// Build the release binary and install it with its man pages and shell completions.
     Install(install::PrefixArgs),
     /// Remove exactly what `install` put under the prefix.
@@ -92,6 +97,7 @@ fn main_inner() -> Result<ExitCode> {
         }
         Task::Lint => lint(&root),
         Task::Bench(args) => bench::bench(&root, args),
+        Task::Soak(args) => soak::soak(&root, args),
         Task::Install(args) => install::install(&root, &args).map(|()| ExitCode::SUCCESS),
         Task::Uninstall(args) => install::uninstall(&args).map(|()| ExitCode::SUCCESS),
     }

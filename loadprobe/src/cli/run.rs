@@ -261,6 +261,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         .transpose()?;
     let fd_limit = limits::raise_nofile_limit().context("cannot raise RLIMIT_NOFILE")?;
     let (config, embedded) = plan(&args, fd_limit)?;
+    let keep = kept_caps(&[&output, &html], config.tls.as_ref());
     let runtime = super::runtime(args.threads)?;
     let mut records = Vec::new();
     let mut failure = None;
@@ -276,6 +277,8 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
             probe_plan(&args),
             args.probe_log,
             temps,
+            // The last repetition attaches the probe for the last time.
+            (i == args.repeat).then_some(keep),
         )) {
             Ok(record) => record,
             Err(e) if records.is_empty() => return Err(e),
@@ -591,13 +594,39 @@ fn parse_floor(s: &str) -> Result<Floor, String> {
         .ok_or_else(|| format!("{s:?} is not a floor (attached or filtered)"))
 }
 
+/// What a run keeps of its capabilities once the probe is attached: it keeps its uid (0 when
+/// started as root), and uid 0 with no capability still writes root's files and folders. The
+/// outputs' temporary files are renamed into their folders at the end, which a folder root may
+/// not write (another user's home, say) allows only with CAP_DAC_OVERRIDE (and a sticky folder's
+/// file of another user only with CAP_FOWNER); the driver reads `--cacert`, `--cert` and
+/// `--key` again when the load starts, which files root cannot read need CAP_DAC_READ_SEARCH
+/// for.
+fn kept_caps(outputs: &[&Option<PendingOutput>], tls: Option<&TlsOptions>) -> u64 {
+    use loadprobe::privileges::{CAP_DAC_READ_SEARCH, caps_to_replace_in};
+    let mut keep = 0;
+    for target in outputs.iter().filter_map(|o| o.as_ref()?.replaced()) {
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        keep |= caps_to_replace_in(dir, target);
+    }
+    if tls.is_some_and(|t| matches!(t.trust, Trust::CaFile(_)) || t.identity.is_some()) {
+        keep |= 1 << CAP_DAC_READ_SEARCH;
+    }
+    keep
+}
+
 /// `temps` are the outputs' temporary files, removed if a second signal ends the process.
+/// `drop_privileges`: the capabilities to keep once the probe is attached, if they are to be
+/// given up (see [`kept_caps`]).
 async fn run(
     mut config: DriverConfig,
     embedded: bool,
     probe: ProbePlan,
     probe_log: bool,
     temps: Vec<PathBuf>,
+    drop_privileges: Option<u64>,
 ) -> anyhow::Result<RunRecord> {
     let server = if embedded {
         let mut server_config = ServerConfig::default();
@@ -631,6 +660,7 @@ async fn run(
         live,
         stop,
         warn: &|w| note!("loadprobe: {w}"),
+        drop_privileges,
     })
     .await;
 

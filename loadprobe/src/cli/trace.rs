@@ -87,7 +87,7 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         .map(|addr| MetricsServer::bind(addr).with_context(|| format!("--metrics {addr}")))
         .transpose()?;
     let probe = Probe::attach(&options)?;
-    let interrupts = Interrupts::catch()?;
+    let interrupts = Interrupts::catch_keeping_on_hangup()?;
     if let Some(reason) = probe.timewait_unavailable() {
         note!("loadprobe: TIME_WAIT tracking unavailable ({reason}); closers only");
     }
@@ -218,6 +218,11 @@ struct TraceWatch<'a> {
 }
 
 impl TraceWatch<'_> {
+    /// A line on stderr, below the live line if there is one.
+    fn say(&self, line: &str) {
+        note!("{}loadprobe: {line}", if self.live { "\n" } else { "" });
+    }
+
     fn publish(&self, reader: &Reader) {
         if let Some(published) = &self.published {
             let probe = reader.probe();
@@ -285,6 +290,9 @@ impl Watch for TraceWatch<'_> {
                 );
             }
         }
+        if self.interrupts.hangups() > 0 {
+            self.say("SIGHUP: still tracing (trace reloads nothing; SIGINT or SIGTERM stops it)");
+        }
         // A closed stdout ends a trace that writes there: nobody would see the records.
         Ok(!self.interrupts.arrived()
             && self.deadline.is_none_or(|d| Instant::now() < d)
@@ -292,7 +300,7 @@ impl Watch for TraceWatch<'_> {
     }
 
     fn lost(&mut self, warning: &str) {
-        note!("{}loadprobe: {warning}", if self.live { "\n" } else { "" });
+        self.say(warning);
     }
 }
 

@@ -476,6 +476,8 @@ impl<'a> Runner<'a> {
                 live,
                 stop: stop.clone(),
                 warn: note,
+                // The next step attaches again.
+                drop_privileges: None,
             }))?),
         }
     }

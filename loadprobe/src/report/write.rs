@@ -105,6 +105,15 @@ impl PendingOutput {
         }
     }
 
+    /// The file the temporary one is renamed over at the end (through a symbolic link, the
+    /// file it names), if there is a temporary one.
+    pub fn replaced(&self) -> Option<&Path> {
+        match &self.target {
+            Target::Replace { real, .. } => Some(real),
+            Target::InPlace(_) => None,
+        }
+    }
+
     /// Writes `value` as pretty JSON and renames the file over the target; returns the
     /// target's path, for people.
     pub fn write(self, value: &impl Serialize) -> Result<String, ReportError> {

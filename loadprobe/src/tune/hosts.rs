@@ -147,6 +147,8 @@ fn drive(
             live: how.live,
             stop: how.stop.clone(),
             warn: how.warn,
+            // The next run makes namespaces and attaches again.
+            drop_privileges: None,
         }))?;
         Ok(record)
     })?
