@@ -10,14 +10,16 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use loadprobe::diag::{self, TwSocket};
+use loadprobe::kernel::cgroup::Cgroups;
 use loadprobe::metrics::{self, MetricsServer, PUBLISH_EVERY, Published, Snapshot};
 use loadprobe::model::Side;
 use loadprobe::privileges;
+use loadprobe::probe::owner::{Named, Namer};
 use loadprobe::probe::read_loop::{Reader, Watch};
 use loadprobe::probe::summary::Summary;
 use loadprobe::probe::track::{ConnRecord, Tracker};
 use loadprobe::probe::{LOSS_UNCERTAIN, Netns, Probe, ProbeOptions};
-use loadprobe_common::Event;
+use loadprobe_common::{Event, Owner};
 
 use super::exit;
 use super::out::{Stdout, note};
@@ -93,6 +95,8 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
     }
     let tracker = Tracker::new(probe.timewait_unavailable().is_none());
     let mut reader = Reader::new(probe, tracker);
+    // Opened while still privileged: see `Cgroups`.
+    let namer = Namer::new(Cgroups::new());
     let dropped = privileges::drop_all(user.as_ref())?;
     let published = match metrics_server {
         Some(server) => {
@@ -155,6 +159,7 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         last_publish: Instant::now(),
         last_second: Instant::now(),
         verify,
+        namer,
     };
     watch.publish(&reader);
     reader.run(&mut watch)?;
@@ -215,6 +220,7 @@ struct TraceWatch<'a> {
     last_publish: Instant,
     last_second: Instant,
     verify: Option<Verify>,
+    namer: Namer,
 }
 
 impl TraceWatch<'_> {
@@ -234,17 +240,26 @@ impl TraceWatch<'_> {
 impl Watch for TraceWatch<'_> {
     type Error = anyhow::Error;
 
-    fn event(&mut self, tracker: &mut Tracker, e: &Event) {
+    fn event(&mut self, tracker: &mut Tracker, e: &Event, owner: Option<&Owner>) {
         if self.args.debug_events {
-            note!("{e:?}");
+            note!("{e:?} {owner:?}");
         }
-        tracker.event(e);
+        if let Some(owner) = owner {
+            self.namer.learn(owner);
+        }
+        tracker.owned_event(e, owner);
     }
 
     fn record(&mut self, record: ConnRecord) -> anyhow::Result<()> {
         match self.args.format {
             Format::Jsonl => {
-                writeln!(self.out, "{}", serde_json::to_string(&record)?)?;
+                let mut name = |o: Option<Owner>| o.map(|o| self.namer.name(&o));
+                let line = RecordLine {
+                    client_owner: name(record.client_owner),
+                    server_owner: name(record.server_owner),
+                    record: &record,
+                };
+                writeln!(self.out, "{}", serde_json::to_string(&line)?)?;
                 self.written += 1;
             }
             // The text view is the summary; per-connection lines would flood a terminal.
@@ -294,6 +309,15 @@ impl Watch for TraceWatch<'_> {
     fn lost(&mut self, warning: &str) {
         note!("{}loadprobe: {warning}", if self.live { "\n" } else { "" });
     }
+}
+
+/// A connection record as `--format jsonl` writes it: with each end's owner named.
+#[derive(serde::Serialize)]
+struct RecordLine<'a> {
+    #[serde(flatten)]
+    record: &'a ConnRecord,
+    client_owner: Option<Named>,
+    server_owner: Option<Named>,
 }
 
 fn live_line(tracker: &Tracker, lost: u64) -> String {

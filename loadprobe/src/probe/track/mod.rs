@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
-use loadprobe_common::{Event, kind, tcp_state as st};
+use loadprobe_common::{Event, Owner, kind, tcp_state as st};
 // Every event costs several lookups keyed by kernel addresses and 4-tuples: FxHash is several
 // times cheaper than SipHash there (it showed in profiles of churn), and SipHash's resistance to
 // crafted keys buys little when a remote peer controls at most its own address and port.
@@ -80,6 +80,13 @@ pub struct ConnRecord {
     pub client_netns: Option<u32>,
     pub server_netns: Option<u32>,
     pub time_wait: Vec<TimeWait>,
+    /// The task that last made a step of each end in its own process (connect, close; see
+    /// [`Owner`]): `None` for an end not seen, or seen only in softirq steps. Raw kernel ids:
+    /// `probe::owner` names them (cgroup path, container, pod) for the record's reader.
+    #[serde(skip)]
+    pub client_owner: Option<Owner>,
+    #[serde(skip)]
+    pub server_owner: Option<Owner>,
 }
 
 /// Counters for the timewait sockets of one side in one substate (see [`Totals`]).
@@ -242,6 +249,8 @@ struct End {
     has_tw: bool,
     closed_ns: Option<u64>,
     conn: Option<ConnId>,
+    /// The task of the latest step this end's own process made (see [`Owner`]).
+    owner: Option<Owner>,
 }
 
 /// Connections get an id of their own: a new connection can take the 4-tuple of one that is
@@ -324,6 +333,8 @@ pub struct Tracker {
     timewait_tracked: bool,
     /// Hold a connection's record until its timewait sockets end (see `records_at_close`).
     wait_for_timewait: bool,
+    /// The owner the event being handled carries (see [`Tracker::owned_event`]).
+    owner_now: Option<Owner>,
 }
 
 impl Tracker {
@@ -400,6 +411,14 @@ impl Tracker {
     /// Finished records, oldest first.
     pub fn drain(&mut self) -> std::vec::Drain<'_, ConnRecord> {
         self.done.drain(..)
+    }
+
+    /// [`Tracker::event`] for an event that may carry the [`Owner`] of its step: the end
+    /// takes it before the step is handled (a close may finish the connection's record).
+    pub fn owned_event(&mut self, e: &Event, owner: Option<&Owner>) {
+        self.owner_now = owner.copied();
+        self.event(e);
+        self.owner_now = None;
     }
 
     pub fn event(&mut self, e: &Event) {
@@ -565,6 +584,9 @@ impl Tracker {
             .ends
             .entry(e.addr)
             .or_insert_with(|| End::new(e.addr, Role::Unknown, local, remote, e.netns, e.ts_ns));
+        if let Some(owner) = self.owner_now.take() {
+            end.owner = Some(owner);
+        }
         if local.port() != 0 {
             end.local = local;
             end.remote = remote;
@@ -795,6 +817,7 @@ impl End {
             has_tw: false,
             closed_ns: None,
             conn: None,
+            owner: None,
         }
     }
 
@@ -878,6 +901,8 @@ impl Conn {
             client_netns: self.client.as_ref().map(|e| e.netns),
             server_netns: self.server.as_ref().map(|e| e.netns),
             time_wait: self.time_wait,
+            client_owner: self.client.as_ref().and_then(|e| e.owner),
+            server_owner: self.server.as_ref().and_then(|e| e.owner),
         }
     }
 
