@@ -206,3 +206,108 @@ fn a_client_in_its_own_cgroup_is_named_by_its_path() {
     let r = record_of(&trace, outside.port);
     assert_eq!(r["client_owner"]["cgroup"], own, "{r}");
 }
+
+/// A Python client making `n` connections, one after the other, each closed by the client
+/// (nginx keeps them alive); returns its pid.
+fn python_many(netns: &Netns, port: u16, n: usize) -> u32 {
+    let script = format!(
+        "import http.client\n\
+         for _ in range({n}):\n\
+         \x20   c = http.client.HTTPConnection('127.0.0.1', {port})\n\
+         \x20   c.request('GET', '/')\n\
+         \x20   c.getresponse().read()\n\
+         \x20   c.close()\n\
+         print({port})\n"
+    );
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns.name(), "python3", "-c", &script]);
+    client(cmd).pid
+}
+
+/// `--by process --top 2`: who holds TIME_WAIT now (the Python client that made three, after
+/// it exited), who made the most, each row's closers, the rest summed as `other`, and the rows
+/// with `other` adding up to the totals.
+#[test]
+fn by_process_ranks_who_holds_and_who_made_time_wait() {
+    if !require_root("trace --by process") {
+        return;
+    }
+    let netns = Netns::for_test("attr-by");
+    let _nginx = Nginx::start(netns.name(), 8043);
+    let tracer = Tracer::start_with(netns.name(), &[8043], &["--by", "process", "--top", "2"]);
+    let py = python_many(&netns, 8043, 3);
+    let curls = [curl(&netns, 8043, &[]), curl(&netns, 8043, &[])];
+    curl(&netns, 8043, &["-H", "Connection: close"]);
+    netns.wait_quiet();
+    let trace = tracer.stop();
+    let by = &trace.summary["by"];
+    assert_eq!(by["key"], "process", "{by}");
+    let holding = &by["holding"]["rows"];
+    assert_eq!(holding.as_array().unwrap().len(), 2, "{by}");
+    let first = &holding[0];
+    assert_eq!(first["name"], format!("python3[{py}]").as_str(), "{by}");
+    assert_eq!(first["pid"], py, "{by}");
+    assert_eq!(
+        (&first["holding"], &first["entered"]),
+        (&3.into(), &3.into()),
+        "{by}"
+    );
+    assert_eq!(first["connections"], 3, "{by}");
+    assert_eq!(first["closer"]["client"], 3, "{by}");
+    assert_eq!(holding[1]["holding"], 1, "{by}");
+    // Everything else is `other`: the rows and it add up to what the summary counts.
+    let tw = &trace.summary["time_wait"];
+    let open = tw["client"]["open"].as_u64().unwrap() + tw["server"]["open"].as_u64().unwrap();
+    assert_eq!(open, 6, "{}", trace.summary);
+    let sum = |ranking: &Value, field: &str| {
+        ranking["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain([&ranking["other"]])
+            .map(|r| r[field].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    for ranking in [&by["holding"], &by["entered"]] {
+        assert_eq!(sum(ranking, "holding"), 6, "{by}");
+        assert_eq!(sum(ranking, "entered"), 6, "{by}");
+        // Each connection counts once per process it has an end in: client and nginx.
+        assert_eq!(sum(ranking, "connections"), 12, "{by}");
+    }
+    // nginx, an end of every connection, wins the ties at one TIME_WAIT (by connections).
+    let nginx = trace.records[0]["server_owner"]["pid"].as_u64().unwrap();
+    for ranking in [&by["holding"], &by["entered"]] {
+        let second = &ranking["rows"][1];
+        assert_eq!(second["name"], format!("nginx[{nginx}]").as_str(), "{by}");
+        assert_eq!(second["connections"], 6, "{by}");
+        // The Connection: close one is nginx's close, or both at once.
+        assert_eq!(second["closer"]["client"], 5, "{by}");
+    }
+    assert_eq!(by["entered"]["rows"][0]["name"], first["name"], "{by}");
+    for c in &curls {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{}", c.pid)).exists(),
+            "curl {} still runs",
+            c.pid
+        );
+    }
+}
+
+/// Bad input is one line and exit 2 before the probe loads: `--top` without `--by`, an unknown
+/// key.
+#[test]
+fn by_flags_are_checked_before_anything_runs() {
+    for args in [
+        &["--top", "3"][..],
+        &["--by", "pid"],
+        &["--by", "process", "--top", "0"],
+    ] {
+        let out = Command::new(loadprobe_tests::loadprobe_bin())
+            .arg("trace")
+            .args(args)
+            .output()
+            .expect("loadprobe");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}

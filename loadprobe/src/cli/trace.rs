@@ -17,6 +17,7 @@ use loadprobe::privileges;
 use loadprobe::probe::owner::{Named, Namer};
 use loadprobe::probe::read_loop::{Reader, Watch};
 use loadprobe::probe::summary::Summary;
+use loadprobe::probe::track::by::MAX_ROWS;
 use loadprobe::probe::track::{ConnRecord, Tracker};
 use loadprobe::probe::{LOSS_UNCERTAIN, Netns, Probe, ProbeOptions};
 use loadprobe_common::{Event, Owner};
@@ -25,6 +26,7 @@ use super::exit;
 use super::out::{Stdout, note};
 use super::parse;
 use super::signals::Interrupts;
+use super::trace_by::{self, ByArg};
 
 #[derive(Args, Debug)]
 pub struct TraceArgs {
@@ -51,6 +53,15 @@ pub struct TraceArgs {
     /// (default: nobody; taken only when started as root).
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
+    /// Also keep totals by owner: who holds TIME_WAIT now, who made the most, and who closed
+    /// their connections, per process, cgroup, peer address or local port; shown live on a
+    /// terminal and at the end (the summary's `by` in jsonl).
+    #[arg(long, value_enum, value_name = "KEY")]
+    by: Option<ByArg>,
+    /// How many rows `--by` shows per ranking; the rest are summed as `other`.
+    #[arg(long, value_name = "N", requires = "by", default_value_t = 10,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    top: u16,
     /// Describe rare anomalies inside the probe's kernel programs on stderr (a failed kernel
     /// read: which program, which field); they are counted either way.
     #[arg(long)]
@@ -93,7 +104,10 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
     if let Some(reason) = probe.timewait_unavailable() {
         note!("loadprobe: TIME_WAIT tracking unavailable ({reason}); closers only");
     }
-    let tracker = Tracker::new(probe.timewait_unavailable().is_none());
+    let mut tracker = Tracker::new(probe.timewait_unavailable().is_none());
+    if let Some(by) = args.by {
+        tracker = tracker.by(by.by(), MAX_ROWS);
+    }
     let mut reader = Reader::new(probe, tracker);
     // Opened while still privileged: see `Cgroups`.
     let namer = Namer::new(Cgroups::new());
@@ -160,6 +174,7 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         last_second: Instant::now(),
         verify,
         namer,
+        live_lines: 0,
     };
     watch.publish(&reader);
     reader.run(&mut watch)?;
@@ -170,6 +185,7 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         verify,
         deadline,
         mut interrupts,
+        mut namer,
         ..
     } = watch;
     if live && verify.is_none() {
@@ -177,16 +193,25 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
     }
     let summary = reader.summary(None);
     let verify = verify.map(Verify::result);
+    let top = usize::from(args.top);
     match args.format {
         Format::Jsonl => {
             let mut value = serde_json::json!({ "summary": summary });
             if let Some(v) = &verify {
                 value["summary"]["verify"] = serde_json::to_value(v)?;
             }
+            if let Some(table) = reader.tracker().table() {
+                value["summary"]["by"] = trace_by::json(table, top, &mut namer);
+            }
             writeln!(out, "{value}")?;
         }
         Format::Text => {
             write_summary(&mut out, &summary)?;
+            if let Some(table) = reader.tracker().table() {
+                for line in trace_by::lines(table, top, &mut namer) {
+                    writeln!(out, "{line}")?;
+                }
+            }
             if let Some(v) = &verify {
                 writeln!(
                     out,
@@ -221,6 +246,8 @@ struct TraceWatch<'a> {
     last_second: Instant,
     verify: Option<Verify>,
     namer: Namer,
+    /// Lines the live `--by` table took last time, to redraw it in place.
+    live_lines: usize,
 }
 
 impl TraceWatch<'_> {
@@ -293,11 +320,29 @@ impl Watch for TraceWatch<'_> {
                 }
                 self.out.flush()?;
             } else if self.live {
-                let _ = write!(
-                    std::io::stderr(),
-                    "\r{}",
-                    live_line(reader.tracker(), reader.probe().lost_events())
-                );
+                let line = live_line(reader.tracker(), reader.probe().lost_events());
+                match reader.tracker().table() {
+                    Some(table) => {
+                        // Redraws the table in place: up to its first line, clear below.
+                        let mut text = String::new();
+                        if self.live_lines > 0 {
+                            text.push_str(&format!("\x1b[{}F\x1b[J", self.live_lines));
+                        }
+                        let lines =
+                            trace_by::lines(table, usize::from(self.args.top), &mut self.namer);
+                        self.live_lines = lines.len() + 1;
+                        text.push_str(&line);
+                        for l in lines {
+                            text.push('\n');
+                            text.push_str(&l);
+                        }
+                        text.push('\n');
+                        let _ = write!(std::io::stderr(), "{text}");
+                    }
+                    None => {
+                        let _ = write!(std::io::stderr(), "\r{line}");
+                    }
+                }
             }
         }
         // A closed stdout ends a trace that writes there: nobody would see the records.

@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use super::event::endpoints;
 use crate::model::{Closer, Side, Substate};
+use by::{By, ByTable, RowKey};
 use timewait::{CANCEL_GRACE_NS, REUSE_WINDOW_NS, Tuple, Tw, substate_of, tuple_of};
 
 /// How a timewait socket's life ended.
@@ -335,6 +336,8 @@ pub struct Tracker {
     wait_for_timewait: bool,
     /// The owner the event being handled carries (see [`Tracker::owned_event`]).
     owner_now: Option<Owner>,
+    /// Totals by owner, when asked for ([`Tracker::by`]).
+    table: Option<ByTable>,
 }
 
 impl Tracker {
@@ -354,6 +357,16 @@ impl Tracker {
     pub fn records_at_close(mut self) -> Tracker {
         self.wait_for_timewait = false;
         self
+    }
+
+    /// Also keep totals by owner (`trace --by`), in a table of at most `max_rows` rows.
+    pub fn by(mut self, by: By, max_rows: usize) -> Tracker {
+        self.table = Some(ByTable::new(by, max_rows));
+        self
+    }
+
+    pub fn table(&self) -> Option<&ByTable> {
+        self.table.as_ref()
     }
 
     pub fn totals(&self) -> &Totals {
@@ -762,7 +775,11 @@ impl Tracker {
         // `trace --metrics` serves, show a close when it happened.
         if conn.live.is_empty() && conn.lone_since.is_none() && !conn.closer_counted {
             conn.closer_counted = true;
-            *self.totals.closer.entry(conn.closer()).or_default() += 1;
+            let closer = conn.closer();
+            *self.totals.closer.entry(closer).or_default() += 1;
+            if let Some(table) = &mut self.table {
+                table.closed(&conn.row_keys(table.by), closer);
+            }
         }
         let tw_wait = conn.tw_live > 0 && self.wait_for_timewait;
         let waiting = !conn.live.is_empty() || tw_wait || conn.lone_since.is_some();
@@ -784,9 +801,13 @@ impl Tracker {
             self.current.remove(&conn.key);
         }
         let counted = conn.closer_counted;
+        let keys = self.table.as_ref().map(|t| conn.row_keys(t.by));
         let record = conn.record();
         if !counted {
             *self.totals.closer.entry(record.closer).or_default() += 1;
+            if let (Some(table), Some(keys)) = (&mut self.table, keys) {
+                table.closed(&keys, record.closer);
+            }
         }
         self.done.push(record);
     }
@@ -875,6 +896,15 @@ impl End {
 }
 
 impl Conn {
+    /// The table keys of its ends (see [`by::ByTable::closed`]).
+    fn row_keys(&self, by: By) -> Vec<RowKey> {
+        self.client
+            .iter()
+            .chain(self.server.iter())
+            .map(|e| RowKey::of(by, e.owner.as_ref(), e.local, e.remote))
+            .collect()
+    }
+
     fn record(self) -> ConnRecord {
         let key = self.key;
         // Not collected: a run finishes tens of thousands of records a second.
@@ -946,6 +976,7 @@ impl Conn {
     }
 }
 
+pub mod by;
 #[cfg(test)]
 mod tests;
 mod timewait;

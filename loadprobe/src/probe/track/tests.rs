@@ -832,3 +832,32 @@ fn an_end_seen_only_in_softirq_steps_has_no_owner() {
     let rec = only(r.finish());
     assert_eq!((rec.client_owner, rec.server_owner), (None, None));
 }
+
+/// `--by process`: the timewait sockets each process holds, made, and its connections' closers;
+/// a socket that ends leaves its holder's count.
+#[test]
+fn the_owner_table_counts_each_process_for_its_own_ends() {
+    use by::{By, Order, RowKey};
+    let (curl, nginx) = (task(10, "curl", 7), task(20, "nginx", 8));
+    let mut r = Replay::new();
+    r.t = Tracker::new(true).by(By::Process, 16);
+    r.owners = Some((curl, nginx));
+    r.client_first_close();
+    let key = |o: Owner| RowKey::Process {
+        pid: o.pid,
+        comm: o.comm,
+    };
+    let table = r.t.table().unwrap();
+    let (rows, other) = table.top(5, Order::Holding);
+    assert_eq!(rows[0].0, key(curl));
+    assert_eq!((rows[0].1.holding, rows[0].1.entered), (1, 1));
+    assert_eq!(rows[0].1.closer[&Closer::Client], 1);
+    assert_eq!(rows[1].0, key(nginx));
+    assert_eq!((rows[1].1.holding, rows[1].1.connections), (0, 1));
+    assert_eq!(other, by::Row::default());
+    r.wait(60_000 * MS)
+        .other(kind::TW_CANCEL, true, TIME_WAIT)
+        .other(kind::TW_EXPIRE, true, TIME_WAIT);
+    let sum = r.t.table().unwrap().sum();
+    assert_eq!((sum.holding, sum.entered, sum.connections), (0, 1, 2));
+}
