@@ -11,13 +11,13 @@ use clap::{Args, ValueEnum};
 
 use loadprobe::diag::{self, TwSocket};
 use loadprobe::kernel::cgroup::Cgroups;
-use loadprobe::metrics::{self, MetricsServer, PUBLISH_EVERY, Published, Snapshot};
+use loadprobe::metrics::{self, MetricsServer, OwnerSeries, PUBLISH_EVERY, Published, Snapshot};
 use loadprobe::model::Side;
 use loadprobe::privileges;
 use loadprobe::probe::owner::{Named, Namer};
 use loadprobe::probe::read_loop::{Reader, Watch};
 use loadprobe::probe::summary::Summary;
-use loadprobe::probe::track::by::MAX_ROWS;
+use loadprobe::probe::track::by::{By, MAX_ROWS};
 use loadprobe::probe::track::{ConnRecord, Tracker};
 use loadprobe::probe::{LOSS_UNCERTAIN, Netns, Probe, ProbeOptions};
 use loadprobe_common::{Event, Owner};
@@ -49,6 +49,15 @@ pub struct TraceArgs {
     /// (e.g. 127.0.0.1:9464, or [::]:9464 for every address).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Also serve the counts by owner, process or cgroup: the first N owners seen
+    /// (--metrics-top) get series of their own for the whole trace, the rest are summed as
+    /// `other`.
+    #[arg(long, value_enum, value_name = "KEY", requires = "metrics")]
+    metrics_by: Option<MetricsBy>,
+    /// How many owners get series of their own with --metrics-by.
+    #[arg(long, value_name = "N", requires = "metrics_by", default_value_t = 20,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    metrics_top: u16,
     /// The user to run as once the probe is attached, with no capability left
     /// (default: nobody; taken only when started as root).
     #[arg(long, value_name = "NAME")]
@@ -69,6 +78,15 @@ pub struct TraceArgs {
     /// Print every raw kernel event to stderr (for debugging the probe).
     #[arg(long, hide = true)]
     debug_events: bool,
+}
+
+/// What `--metrics-by` names series by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum MetricsBy {
+    /// The owning process, as `comm[pid]`.
+    Process,
+    /// The owning process's cgroup path.
+    Cgroup,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -107,6 +125,15 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut tracker = Tracker::new(probe.timewait_unavailable().is_none());
     if let Some(by) = args.by {
         tracker = tracker.by(by.by(), MAX_ROWS);
+    }
+    match args.metrics_by {
+        Some(MetricsBy::Process) => {
+            tracker = tracker.metrics_by(By::Process, args.metrics_top.into())
+        }
+        Some(MetricsBy::Cgroup) => {
+            tracker = tracker.metrics_by(By::Cgroup, args.metrics_top.into())
+        }
+        None => {}
     }
     let mut reader = Reader::new(probe, tracker);
     // Opened while still privileged: see `Cgroups`.
@@ -251,15 +278,29 @@ struct TraceWatch<'a> {
 }
 
 impl TraceWatch<'_> {
-    fn publish(&self, reader: &Reader) {
+    fn publish(&mut self, reader: &Reader) {
         if let Some(published) = &self.published {
             let probe = reader.probe();
-            published.set(Snapshot::of(
+            let mut snapshot = Snapshot::of(
                 reader.tracker(),
                 probe.lost_events(),
                 probe.skipped_events(),
                 probe.timewait_unavailable().is_none(),
-            ));
+            );
+            snapshot.owners = reader.tracker().metrics_table().map(|table| {
+                let (rows, other) = table.rows();
+                let mut series = OwnerSeries {
+                    label: table.by.name(),
+                    other: other.clone(),
+                    ..OwnerSeries::default()
+                };
+                for (key, row) in rows {
+                    let name = trace_by::name(key, &mut self.namer);
+                    series.rows.entry(name).or_default().add(row);
+                }
+                series
+            });
+            published.set(snapshot);
         }
     }
 }

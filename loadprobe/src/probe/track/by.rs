@@ -88,7 +88,8 @@ pub struct Row {
 }
 
 impl Row {
-    fn add(&mut self, other: &Row) {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Row) {
         self.holding += other.holding;
         self.entered += other.entered;
         self.connections += other.connections;
@@ -116,6 +117,9 @@ pub struct ByTable {
     rows: HashMap<RowKey, Row>,
     other: Row,
     max_rows: usize,
+    /// Whether a full table gives up a row for a new key ([`ByTable::new`]) or never does
+    /// ([`ByTable::sticky`]).
+    evicts: bool,
 }
 
 /// Rows kept at most by default: far more than a table shows, few enough that finding the row
@@ -129,12 +133,27 @@ impl ByTable {
             rows: HashMap::default(),
             other: Row::default(),
             max_rows: max_rows.max(1),
+            evicts: true,
+        }
+    }
+
+    /// A table whose first `max_rows` keys keep their rows for good, and every later key is
+    /// counted in `other`: no row ever goes, so every count of every row (and of `other`) only
+    /// grows, which is what a Prometheus counter must do. A key that comes back keeps counting
+    /// where it was, in its row or in `other`.
+    pub fn sticky(by: By, max_rows: usize) -> ByTable {
+        ByTable {
+            evicts: false,
+            ..ByTable::new(by, max_rows)
         }
     }
 
     /// The row for `key`, making room for it if needed; `None`: counted in `other`.
     fn row(&mut self, key: RowKey) -> Option<&mut Row> {
         if !self.rows.contains_key(&key) && self.rows.len() >= self.max_rows {
+            if !self.evicts {
+                return None;
+            }
             let quietest = self
                 .rows
                 .iter()
@@ -219,6 +238,11 @@ impl ByTable {
         all
     }
 
+    /// Every row, in no order, and `other`.
+    pub fn rows(&self) -> (impl Iterator<Item = (&RowKey, &Row)>, &Row) {
+        (self.rows.iter(), &self.other)
+    }
+
     pub fn len(&self) -> usize {
         self.rows.len()
     }
@@ -289,5 +313,22 @@ mod tests {
             top.iter().map(|(_, r)| r.holding).sum::<u64>() + rest.holding,
             9
         );
+    }
+
+    /// A sticky table keeps its first keys: later ones count in `other`, also once a row holds
+    /// nothing; no count ever goes down but `holding`.
+    #[test]
+    fn sticky_rows_never_go() {
+        let mut t = ByTable::sticky(By::LocalPort, 2);
+        let a = t.entered(port(1));
+        t.entered(port(2));
+        t.released(a);
+        assert_eq!(t.entered(port(3)), Slot::Other);
+        t.closed(&[port(4)], Closer::Client);
+        t.closed(&[port(1)], Closer::Server);
+        let (rows, other) = t.top(10, Order::Entered);
+        let keys: Vec<RowKey> = rows.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, [port(2), port(1)]);
+        assert_eq!((other.entered, other.connections), (1, 1));
     }
 }

@@ -336,8 +336,9 @@ pub struct Tracker {
     wait_for_timewait: bool,
     /// The owner the event being handled carries (see [`Tracker::owned_event`]).
     owner_now: Option<Owner>,
-    /// Totals by owner, when asked for ([`Tracker::by`]).
-    table: Option<ByTable>,
+    /// Totals by owner, when asked for: [`Tracker::by`]'s table, then
+    /// [`Tracker::metrics_by`]'s.
+    tables: [Option<ByTable>; 2],
 }
 
 impl Tracker {
@@ -361,12 +362,23 @@ impl Tracker {
 
     /// Also keep totals by owner (`trace --by`), in a table of at most `max_rows` rows.
     pub fn by(mut self, by: By, max_rows: usize) -> Tracker {
-        self.table = Some(ByTable::new(by, max_rows));
+        self.tables[0] = Some(ByTable::new(by, max_rows));
         self
     }
 
     pub fn table(&self) -> Option<&ByTable> {
-        self.table.as_ref()
+        self.tables[0].as_ref()
+    }
+
+    /// Also keep totals by owner for metrics: the first `series` keys seen, and `other`, whose
+    /// counts only ever grow ([`ByTable::sticky`]).
+    pub fn metrics_by(mut self, by: By, series: usize) -> Tracker {
+        self.tables[1] = Some(ByTable::sticky(by, series));
+        self
+    }
+
+    pub fn metrics_table(&self) -> Option<&ByTable> {
+        self.tables[1].as_ref()
     }
 
     pub fn totals(&self) -> &Totals {
@@ -777,7 +789,7 @@ impl Tracker {
             conn.closer_counted = true;
             let closer = conn.closer();
             *self.totals.closer.entry(closer).or_default() += 1;
-            if let Some(table) = &mut self.table {
+            for table in self.tables.iter_mut().flatten() {
                 table.closed(&conn.row_keys(table.by), closer);
             }
         }
@@ -801,12 +813,17 @@ impl Tracker {
             self.current.remove(&conn.key);
         }
         let counted = conn.closer_counted;
-        let keys = self.table.as_ref().map(|t| conn.row_keys(t.by));
+        let keys = self
+            .tables
+            .each_ref()
+            .map(|t| t.as_ref().map(|t| conn.row_keys(t.by)));
         let record = conn.record();
         if !counted {
             *self.totals.closer.entry(record.closer).or_default() += 1;
-            if let (Some(table), Some(keys)) = (&mut self.table, keys) {
-                table.closed(&keys, record.closer);
+            for (table, keys) in self.tables.iter_mut().zip(keys) {
+                if let (Some(table), Some(keys)) = (table, keys) {
+                    table.closed(&keys, record.closer);
+                }
             }
         }
         self.done.push(record);

@@ -52,7 +52,7 @@ pub(super) struct Tw {
     pub(super) owner: Option<(ConnId, Side)>,
     /// Where the owner table counts it as held (see [`super::by`]): under the owner of the full
     /// socket it replaced, even once that process has exited.
-    pub(super) slot: Option<Slot>,
+    pub(super) slots: [Option<Slot>; 2],
     pub(super) cancel_ns: Option<u64>,
 }
 
@@ -95,7 +95,7 @@ impl Tracker {
         }
         let owner = self.owner_of(local, remote, e.netns);
         let mut holder = None;
-        let mut slot = None;
+        let mut slots = [None; 2];
         match owner {
             Some((key, side)) => {
                 if let Some(conn) = self.conns.get_mut(&key) {
@@ -113,9 +113,11 @@ impl Tracker {
                 stats.entered += 1;
                 stats.current += 1;
                 stats.peak = stats.peak.max(stats.current);
-                if let Some(table) = &mut self.table {
-                    let key = RowKey::of(table.by, holder.as_ref(), local, remote);
-                    slot = Some(table.entered(key));
+                for (table, slot) in self.tables.iter_mut().zip(&mut slots) {
+                    if let Some(table) = table {
+                        let key = RowKey::of(table.by, holder.as_ref(), local, remote);
+                        *slot = Some(table.entered(key));
+                    }
                 }
             }
             None => self.totals.time_wait_unmatched += 1,
@@ -138,7 +140,7 @@ impl Tracker {
                 substate_start: substate,
                 substate,
                 owner,
-                slot,
+                slots,
                 cancel_ns: None,
             },
         );
@@ -231,8 +233,10 @@ impl Tracker {
 
     /// The owner table no longer counts the timewait socket as held.
     fn release_slot(&mut self, tw: &Tw) {
-        if let (Some(table), Some(slot)) = (&mut self.table, tw.slot) {
-            table.released(slot);
+        for (table, slot) in self.tables.iter_mut().zip(tw.slots) {
+            if let (Some(table), Some(slot)) = (table, slot) {
+                table.released(slot);
+            }
         }
     }
 
