@@ -76,6 +76,34 @@ pub struct Event {
     pub _pad: [u8; 2],
 }
 
+/// The task a transition ran in, sent after its [`Event`] (one [`OwnedEvent`]) when the
+/// programs run for connection records ([`Config::records`]) and the transition is one only the
+/// socket's own process makes: `connect()` (`CLOSE->SYN_SENT`), `close()` or `shutdown()`
+/// (`->FIN_WAIT1`, `CLOSE_WAIT->LAST_ACK`), and a `->CLOSE` made with the socket locked by its
+/// process (an abortive close from the syscall). A transition in softirq context runs in
+/// whatever task it interrupted, so it never carries one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// `bpf_get_current_cgroup_id()`: the task's cgroup v2 id, the inode of its directory
+    /// under the cgroup2 mount.
+    pub cgroup_id: u64,
+    /// The process (tgid) as loadprobe's own PID namespace numbers it ([`Config::pidns_dev`]);
+    /// 0 when the task is outside that namespace.
+    pub pid: u32,
+    pub _pad: u32,
+    /// `bpf_get_current_comm()`: the thread's command name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// An [`Event`] with the [`Owner`] it was made by: the ring holds records of either size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnedEvent {
+    pub event: Event,
+    pub owner: Owner,
+}
+
 /// Byte offsets the programs need, computed by userspace from the running kernel's BTF at load
 /// time: nothing about kernel layouts is compiled into the programs.
 ///
@@ -108,6 +136,10 @@ pub struct Offsets {
     /// `struct tcp_sock`: the next sequence number to queue and the next to send.
     pub tcp_write_seq: u16,
     pub tcp_snd_nxt: u16,
+    /// `struct sock` -> `sk_lock.owned`: set while a process holds the socket's lock. A state
+    /// change made then runs in that process (softirq work on a locked socket waits in its
+    /// backlog until the owner releases it, and runs in the owner then).
+    pub sk_lock_owned: u16,
 }
 
 /// The programs, by where they count their failed kernel reads (slots of the `READ_ERRORS` map).
@@ -172,23 +204,26 @@ pub struct Config {
     pub owner: u32,
     /// One of [`port_filter`].
     pub port_filter: u16,
-    /// 1: send every step a connection record needs. 0: leave out three steps whose facts a
-    /// later event carries too, for totals (a run): the client's `CLOSE->SYN_SENT` and the
-    /// server's `SYN_RECV->ESTABLISHED` only time the handshake (the ends are still known from
+    /// 1: send every step a connection record needs, with the [`Owner`] of those its process
+    /// makes ([`OwnedEvent`]). 0: for totals (a run), no owners, and leave out four steps whose
+    /// facts a later event carries too: the client's `CLOSE->SYN_SENT` and the server's
+    /// `SYN_RECV->ESTABLISHED` only time the handshake (the ends are still known from
     /// `SYN_SENT->ESTABLISHED` and `LISTEN->SYN_RECV`), and an end's
-    /// `ESTABLISHED->CLOSE_WAIT` is implied by its `CLOSE_WAIT|LAST_ACK->CLOSE`.
+    /// `ESTABLISHED->CLOSE_WAIT` and `CLOSE_WAIT->LAST_ACK` are implied by its
+    /// `CLOSE_WAIT|LAST_ACK->CLOSE`.
     pub records: u16,
     /// The ports of interest when `port_filter` is [`port_filter::INLINE`].
     pub ports: [u16; INLINE_PORTS],
     pub offsets: Offsets,
     /// One of [`floor`]; [`floor::NONE`] but to measure what the probe costs.
     pub floor: u16,
-    pub _pad: [u16; 3],
-    /// The PID namespace `owner` is a process id of (device and inode of its nsfs file):
-    /// inside a container a process's id is not the kernel's global one, so the programs ask
-    /// for the current task's id in this namespace. 0: `owner` is a global id.
-    pub owner_pidns_dev: u64,
-    pub owner_pidns_ino: u64,
+    pub _pad: [u16; 2],
+    /// loadprobe's own PID namespace (device and inode of its nsfs file), which `owner` and
+    /// [`Owner::pid`] are process ids of: inside a container a process's id is not the
+    /// kernel's global one, so the programs ask for the current task's id in this namespace.
+    /// 0: ids are global ones.
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
 }
 
 /// A client end of one of [`Config::owner`]'s connections: its address (IPv4 in the first
@@ -213,14 +248,14 @@ pub const MAX_OWNED_ENDPOINTS: u32 = 262_144;
 pub const MAX_PORTS: u32 = 1024;
 
 /// Size of the `EVENTS` ring buffer: 8 MiB hold about 116k events (72 bytes with the ring's
-/// header). Userspace creates one of this size in `doctor` to show whether the kernel allows it.
+/// header; an [`OwnedEvent`] takes 104, at most two of a connection's events are one). Userspace creates one of this size in `doctor` to show whether the kernel allows it.
 pub const EVENTS_RING_BYTES: u32 = 8 << 20;
 
 /// The layouts both sides rely on, checked at compile time on every target that builds this
 /// crate, the BPF one included: a reordered or resized field (even one that keeps the size)
 /// fails the build instead of being decoded wrongly.
 mod layout {
-    use super::{Config, Endpoint, Event, INLINE_PORTS, Offsets};
+    use super::{Config, Endpoint, Event, INLINE_PORTS, Offsets, OwnedEvent, Owner};
     use core::mem::{align_of, offset_of, size_of};
 
     const _: () = {
@@ -239,8 +274,17 @@ mod layout {
         assert!(offset_of!(Event, unsent) == 61);
         assert!(offset_of!(Event, _pad) == 62);
 
-        // Fourteen `u16`s in declaration order.
-        assert!(size_of::<Offsets>() == 28 && align_of::<Offsets>() == 2);
+        assert!(size_of::<Owner>() == 32 && align_of::<Owner>() == 8);
+        assert!(offset_of!(Owner, cgroup_id) == 0);
+        assert!(offset_of!(Owner, pid) == 8);
+        assert!(offset_of!(Owner, _pad) == 12);
+        assert!(offset_of!(Owner, comm) == 16);
+        assert!(size_of::<OwnedEvent>() == 96 && align_of::<OwnedEvent>() == 8);
+        assert!(offset_of!(OwnedEvent, event) == 0);
+        assert!(offset_of!(OwnedEvent, owner) == 64);
+
+        // Fifteen `u16`s in declaration order.
+        assert!(size_of::<Offsets>() == 30 && align_of::<Offsets>() == 2);
         assert!(offset_of!(Offsets, skc_addrpair) == 0);
         assert!(offset_of!(Offsets, skc_portpair) == 2);
         assert!(offset_of!(Offsets, skc_state) == 4);
@@ -255,6 +299,7 @@ mod layout {
         assert!(offset_of!(Offsets, timer_function) == 22);
         assert!(offset_of!(Offsets, tcp_write_seq) == 24);
         assert!(offset_of!(Offsets, tcp_snd_nxt) == 26);
+        assert!(offset_of!(Offsets, sk_lock_owned) == 28);
 
         assert!(size_of::<Config>() == 88 && align_of::<Config>() == 8);
         assert!(offset_of!(Config, tw_timer_handler) == 0);
@@ -264,10 +309,10 @@ mod layout {
         assert!(offset_of!(Config, records) == 18);
         assert!(offset_of!(Config, ports) == 20);
         assert!(offset_of!(Config, offsets) == 20 + 2 * INLINE_PORTS);
-        assert!(offset_of!(Config, floor) == 64);
-        assert!(offset_of!(Config, _pad) == 66);
-        assert!(offset_of!(Config, owner_pidns_dev) == 72);
-        assert!(offset_of!(Config, owner_pidns_ino) == 80);
+        assert!(offset_of!(Config, floor) == 66);
+        assert!(offset_of!(Config, _pad) == 68);
+        assert!(offset_of!(Config, pidns_dev) == 72);
+        assert!(offset_of!(Config, pidns_ino) == 80);
 
         assert!(size_of::<Endpoint>() == 20 && align_of::<Endpoint>() == 4);
         assert!(offset_of!(Endpoint, addr) == 0);
@@ -286,4 +331,8 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Owner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OwnedEvent {}
 }

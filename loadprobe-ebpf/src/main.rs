@@ -38,7 +38,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use loadprobe_common::{
     AF_INET, AF_INET6, Config, EVENTS_RING_BYTES, Endpoint, Event, INLINE_PORTS,
-    MAX_OWNED_ENDPOINTS, MAX_PORTS, floor, kind, port_filter, program, tcp_state,
+    MAX_OWNED_ENDPOINTS, MAX_PORTS, OwnedEvent, Owner, floor, kind, port_filter, program,
+    tcp_state,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -59,8 +60,8 @@ static CONFIG: Config = Config {
     tw_timer_handler: 0,
     netns: 0,
     owner: 0,
-    owner_pidns_dev: 0,
-    owner_pidns_ino: 0,
+    pidns_dev: 0,
+    pidns_ino: 0,
     port_filter: port_filter::NONE,
     records: 1,
     ports: [0; INLINE_PORTS],
@@ -79,9 +80,10 @@ static CONFIG: Config = Config {
         timer_function: 0,
         tcp_write_seq: 0,
         tcp_snd_nxt: 0,
+        sk_lock_owned: 0,
     },
     floor: floor::NONE,
-    _pad: [0; 3],
+    _pad: [0; 2],
 };
 
 /// One field of [`CONFIG`], read on its own. Volatile: the value is patched into the object
@@ -266,6 +268,18 @@ enum Sock {
     Timewait,
 }
 
+/// Whether an event carries the [`Owner`] of its transition (the current task), which only
+/// transitions a socket's own process makes do (see [`Owner`]).
+#[derive(Clone, Copy)]
+enum Capture {
+    Skip,
+    /// The transition is made by a syscall of the socket's process, always.
+    Always,
+    /// The transition runs in the socket's process only when that process holds the socket's
+    /// lock (`sk_lock.owned`): a `->CLOSE` made by `close()` is, one made by a softirq is not.
+    IfLocked,
+}
+
 /// Sends an event for the socket at `sk` unless it is outside the configured namespace and
 /// ports.
 ///
@@ -283,6 +297,7 @@ fn socket_event(
     old_state: u8,
     new_state: u8,
     unsent: Unsent,
+    capture: Capture,
 ) -> Result<(), ReadError> {
     let Some(netns) = netns_of(sk)? else {
         return Ok(());
@@ -319,42 +334,130 @@ fn socket_event(
             u8::from(write_seq != snd_nxt)
         }
     };
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        if let Some(lost) = LOST.get_ptr_mut(0) {
-            // SAFETY: a non-null pointer to this CPU's own aligned `u64` slot. Only a program
-            // nested on this CPU could interleave, which at worst loses one count.
-            unsafe { *lost += 1 };
-        }
-        return Ok(());
+    let facts = Facts {
+        netns,
+        kind,
+        old_state,
+        new_state,
+        unsent,
     };
-    let e = entry.as_mut_ptr();
-    if let Err(err) = write_addresses(e, sk, family) {
-        entry.discard(BPF_RB_NO_WAKEUP as u64);
-        return Err(err);
+    let with_owner = match capture {
+        Capture::Skip => false,
+        Capture::Always => true,
+        Capture::IfLocked => read_field!(sk, sk_lock_owned).map(|owned: i32| owned != 0)?,
+    };
+    if with_owner {
+        let Some(mut entry) = EVENTS.reserve::<OwnedEvent>(0) else {
+            count_lost();
+            return Ok(());
+        };
+        let o = entry.as_mut_ptr();
+        // SAFETY: `o` is a reserved ring buffer entry of `size_of::<OwnedEvent>()` bytes,
+        // aligned to 8 and ours alone until it is submitted; taking field addresses reads
+        // nothing.
+        let (e, owner) = unsafe { (&raw mut (*o).event, &raw mut (*o).owner) };
+        if let Err(err) = write_event(e, &seen, &facts) {
+            entry.discard(BPF_RB_NO_WAKEUP as u64);
+            return Err(err);
+        }
+        write_owner(owner);
+        entry.submit(BPF_RB_NO_WAKEUP as u64);
+    } else {
+        let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+            count_lost();
+            return Ok(());
+        };
+        if let Err(err) = write_event(entry.as_mut_ptr(), &seen, &facts) {
+            entry.discard(BPF_RB_NO_WAKEUP as u64);
+            return Err(err);
+        }
+        entry.submit(BPF_RB_NO_WAKEUP as u64);
     }
-    // SAFETY: `e` is the start of a reserved ring buffer entry of `size_of::<Event>()` bytes,
-    // aligned to 8 and ours alone until it is submitted; every write stays inside one field (the
-    // verifier rejects the program otherwise).
+    Ok(())
+}
+
+/// What an event says besides the socket [`Seen`].
+struct Facts {
+    netns: u32,
+    kind: u8,
+    old_state: u8,
+    new_state: u8,
+    unsent: u8,
+}
+
+/// An event dropped because the ring buffer was full.
+#[inline(always)]
+fn count_lost() {
+    if let Some(lost) = LOST.get_ptr_mut(0) {
+        // SAFETY: a non-null pointer to this CPU's own aligned `u64` slot. Only a program
+        // nested on this CPU could interleave, which at worst loses one count.
+        unsafe { *lost += 1 };
+    }
+}
+
+/// Fills the reserved, writable [`Event`] at `e`: every field, padding included (the ring's
+/// memory is not zeroed).
+#[inline(always)]
+fn write_event(e: *mut Event, seen: &Seen, facts: &Facts) -> Result<(), ReadError> {
+    write_addresses(e, seen.sk, seen.family)?;
+    // SAFETY: `e` is the start of a reserved ring buffer entry holding an `Event`, aligned to 8
+    // and ours alone until it is submitted; every write stays inside one field (the verifier
+    // rejects the program otherwise).
     unsafe {
         (*e).ts_ns = bpf_ktime_get_ns();
-        (*e).addr = sk;
-        (*e).netns = netns;
-        (*e).sport = sport;
-        (*e).dport = dport;
-        (*e).family = family;
+        (*e).addr = seen.sk;
+        (*e).netns = facts.netns;
+        (*e).sport = seen.sport;
+        (*e).dport = seen.dport;
+        (*e).family = seen.family;
         // Volatile: LLVM merges these byte stores, mostly zeros, into a call to a byte-loop
         // memset.
-        (&raw mut (*e).kind).write_volatile(kind);
-        (&raw mut (*e).old_state).write_volatile(old_state);
-        (&raw mut (*e).new_state).write_volatile(new_state);
-        (&raw mut (*e).unsent).write_volatile(unsent);
+        (&raw mut (*e).kind).write_volatile(facts.kind);
+        (&raw mut (*e).old_state).write_volatile(facts.old_state);
+        (&raw mut (*e).new_state).write_volatile(facts.new_state);
+        (&raw mut (*e).unsent).write_volatile(facts.unsent);
         let pad = (&raw mut (*e)._pad).cast::<u8>();
         for i in 0..2 {
             pad.add(i).write_volatile(0);
         }
     }
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
     Ok(())
+}
+
+/// Fills the reserved, writable [`Owner`] at `o` from the current task.
+#[inline(always)]
+fn write_owner(o: *mut Owner) {
+    // SAFETY: `o` points to the `Owner` of a reserved entry (see `socket_event`); the comm
+    // helper writes at most its 16 bytes there (NUL-padded, or zeroed if it fails).
+    unsafe {
+        (*o).cgroup_id = generated::bpf_get_current_cgroup_id();
+        (*o).pid = current_pid();
+        (&raw mut (*o)._pad).write_volatile(0);
+        generated::bpf_get_current_comm((&raw mut (*o).comm).cast(), 16);
+    }
+}
+
+/// The current task's process id (tgid) in loadprobe's PID namespace (`CONFIG.pidns_dev`), 0
+/// when it is outside it; the global id when no namespace is set.
+#[inline(always)]
+fn current_pid() -> u32 {
+    let dev = config!(pidns_dev);
+    if dev == 0 {
+        return (bpf_get_current_pid_tgid() >> 32) as u32;
+    }
+    let ino = config!(pidns_ino);
+    let mut ns = aya_ebpf::bindings::bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: the helper writes at most `size_of::<bpf_pidns_info>()` bytes into `ns`, a local
+    // of exactly that type; a task outside that namespace makes it fail, leaving `ns` zeroed.
+    let failed = unsafe {
+        generated::bpf_get_ns_current_pid_tgid(
+            dev,
+            ino,
+            &mut ns,
+            core::mem::size_of::<aya_ebpf::bindings::bpf_pidns_info>() as u32,
+        )
+    } != 0;
+    if failed { 0 } else { ns.tgid }
 }
 
 /// A socket as far as [`socket_event`] has read it before it filters on the owner.
@@ -428,26 +531,10 @@ fn note_connect(sk: u64) {
 
 /// Whether the current task belongs to `CONFIG.owner`: by its id in the owner's PID namespace
 /// when one is set (a container's), so that the id userspace knows itself by is the one
-/// compared; a task of another PID namespace is never the owner.
+/// compared; a task of another PID namespace is never the owner (its id reads 0).
 #[inline(always)]
 fn current_is_owner() -> bool {
-    let dev = config!(owner_pidns_dev);
-    if dev == 0 {
-        return (bpf_get_current_pid_tgid() >> 32) as u32 == config!(owner);
-    }
-    let ino = config!(owner_pidns_ino);
-    let mut ns = aya_ebpf::bindings::bpf_pidns_info { pid: 0, tgid: 0 };
-    // SAFETY: the helper writes at most `size_of::<bpf_pidns_info>()` bytes into `ns`, a local
-    // of exactly that type; a task outside that namespace makes it fail, leaving `ns` zeroed.
-    let failed = unsafe {
-        generated::bpf_get_ns_current_pid_tgid(
-            dev,
-            ino,
-            &mut ns,
-            core::mem::size_of::<aya_ebpf::bindings::bpf_pidns_info>() as u32,
-        )
-    } != 0;
-    !failed && ns.tgid == config!(owner)
+    current_pid() == config!(owner)
 }
 
 /// The socket's local and remote addresses in [`Endpoint`]'s form.
@@ -646,23 +733,25 @@ pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
 fn try_set_state(ctx: &RawTracePointContext) -> Result<(), ReadError> {
     let old = ctx.arg::<u64>(1) as u8;
     let new = ctx.arg::<u64>(2) as u8;
-    // Transitions the tracker never needs: self transitions, and the two whose information the
-    // following `->CLOSE` carries anyway (its old state). Two events fewer per connection.
-    if old == new
-        || (old, new) == (TCP_FIN_WAIT1, TCP_FIN_WAIT2)
-        || (old, new) == (TCP_CLOSE_WAIT, TCP_LAST_ACK)
-    {
+    // Transitions the tracker never needs: self transitions, and `FIN_WAIT1->FIN_WAIT2`, whose
+    // information the following `->CLOSE` carries anyway (its old state).
+    if old == new || (old, new) == (TCP_FIN_WAIT1, TCP_FIN_WAIT2) {
         return Ok(());
     }
     if (old, new) == (TCP_CLOSE, TCP_SYN_SENT) {
         note_connect(ctx.arg(0));
     }
-    if config!(records) == 0
+    // Without records (a run) four steps are left out whose facts a later event carries too
+    // (see `Config::records`); with them, `CLOSE_WAIT->LAST_ACK` is the `close()` that names
+    // the owner of the end that got the FIN first.
+    let records = config!(records) != 0;
+    if !records
         && matches!(
             (old, new),
             (TCP_CLOSE, TCP_SYN_SENT)
                 | (TCP_SYN_RECV, TCP_ESTABLISHED)
                 | (TCP_ESTABLISHED, TCP_CLOSE_WAIT)
+                | (TCP_CLOSE_WAIT, TCP_LAST_ACK)
         )
     {
         return Ok(());
@@ -678,7 +767,16 @@ fn try_set_state(ctx: &RawTracePointContext) -> Result<(), ReadError> {
     } else {
         Unsent::Skip
     };
-    socket_event(sk, Sock::Full, kind::SET_STATE, old, new, unsent)
+    // The steps only the socket's own process makes (see `Owner`).
+    let capture = match (records, old, new) {
+        (false, _, _) => Capture::Skip,
+        (_, TCP_CLOSE, TCP_SYN_SENT)
+        | (_, _, TCP_FIN_WAIT1)
+        | (_, TCP_CLOSE_WAIT, TCP_LAST_ACK) => Capture::Always,
+        (_, _, TCP_CLOSE) => Capture::IfLocked,
+        _ => Capture::Skip,
+    };
+    socket_event(sk, Sock::Full, kind::SET_STATE, old, new, unsent, capture)
 }
 
 /// `tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason)`.
@@ -723,7 +821,7 @@ fn reset_event(ctx: &RawTracePointContext, kind: u8) -> Result<(), ReadError> {
     } else {
         Unsent::Skip
     };
-    socket_event(sk, Sock::Full, kind, 0, 0, unsent)
+    socket_event(sk, Sock::Full, kind, 0, 0, unsent, Capture::Skip)
 }
 
 /// Sends an event for the timewait socket that owns `timer`.
@@ -731,7 +829,15 @@ fn reset_event(ctx: &RawTracePointContext, kind: u8) -> Result<(), ReadError> {
 fn timewait_event(timer: u64, kind: u8) -> Result<(), ReadError> {
     let tw = timer - config!(offsets.tw_timer) as u64;
     let substate: u8 = read_field!(tw, tw_substate)?;
-    socket_event(tw, Sock::Timewait, kind, substate, 0, Unsent::Skip)
+    socket_event(
+        tw,
+        Sock::Timewait,
+        kind,
+        substate,
+        0,
+        Unsent::Skip,
+        Capture::Skip,
+    )
 }
 
 /// The timer tracepoints fire for every timer in the system: compare the callback first and

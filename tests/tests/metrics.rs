@@ -519,3 +519,95 @@ fn clients_that_never_read_hold_nothing_up() {
     let trace = tracer.stop();
     assert!(trace.status.success(), "{}", trace.stderr);
 }
+
+/// The series of `family` in a scrape, by their labels.
+fn series_of<'a>(s: &'a Scrape, family: &str) -> Vec<(&'a str, u64)> {
+    s.iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(family)?.strip_prefix('{')?, *v as u64)))
+        .collect()
+}
+
+/// `--metrics-by process --metrics-top 10` with 200 distinct client processes (curl, one
+/// connection each, closed first by curl) against nginx: every owner family has at most 10
+/// owners and `other`, no series goes away or down between two scrapes (the counters are
+/// monotonic while owners beyond the bound land in `other`), and the owner series add up to
+/// the totals.
+#[test]
+fn owner_series_stay_bounded_and_monotonic_with_200_processes() {
+    if !require_root("metrics by process") {
+        return;
+    }
+    let netns = Netns::for_test("metrics-by");
+    let _nginx = loadprobe_tests::Nginx::start(netns.name(), 8131);
+    let tracer = Tracer::start_with(
+        netns.name(),
+        &[8131],
+        &[
+            "--metrics",
+            METRICS,
+            "--metrics-by",
+            "process",
+            "--metrics-top",
+            "10",
+        ],
+    );
+    let curls = |n: u32| {
+        let status = std::process::Command::new("ip")
+            .args(["netns", "exec", netns.name(), "sh", "-c"])
+            .arg(format!(
+                "for i in $(seq {n}); do curl -sf -o /dev/null http://127.0.0.1:8131/ || exit 1; done"
+            ))
+            .status()
+            .expect("sh");
+        assert!(status.success());
+    };
+    let closed = |s: &Scrape| get(s, "loadprobe_connections_closed_total{closer=\"client\"}");
+    curls(100);
+    let first = wait_for(&netns, |s| closed(s) == 100);
+    curls(100);
+    let last = wait_for(&netns, |s| closed(s) == 200);
+    let trace = tracer.stop();
+    let entered = "loadprobe_owner_time_wait_entered_total";
+    for s in [&first, &last] {
+        for family in [entered, "loadprobe_owner_time_wait_alive"] {
+            let series = series_of(s, family);
+            assert!(series.len() <= 11, "{family}: {series:#?}");
+            assert!(
+                series.iter().any(|(l, _)| *l == "process=\"other\"}"),
+                "{series:#?}"
+            );
+        }
+        let owners: std::collections::BTreeSet<&str> =
+            series_of(s, "loadprobe_owner_connections_closed_total")
+                .into_iter()
+                .map(|(l, _)| l.split(",closer=").next().unwrap())
+                .collect();
+        assert!(owners.len() <= 11, "{owners:#?}");
+        // Each connection is counted once per owner of an end: curl's and nginx's.
+        let sum: u64 = series_of(s, "loadprobe_owner_connections_closed_total")
+            .iter()
+            .filter(|(l, _)| l.ends_with(",closer=\"client\"}"))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(sum, 2 * closed(s), "{s:#?}");
+        let sum: u64 = series_of(s, entered).iter().map(|(_, v)| v).sum();
+        assert_eq!(
+            sum,
+            get(s, "loadprobe_time_wait_entered_total{side=\"client\"}")
+                + get(s, "loadprobe_time_wait_entered_total{side=\"server\"}"),
+            "{s:#?}"
+        );
+    }
+    for (series, v) in first
+        .iter()
+        .filter(|(k, _)| k.starts_with("loadprobe_owner_") && k.contains("_total{"))
+    {
+        let now = last
+            .get(series)
+            .unwrap_or_else(|| panic!("{series} went away"));
+        assert!(now >= v, "{series}: {v} then {now}");
+    }
+    let other = get(&last, &format!("{entered}{{process=\"other\"}}"));
+    assert!(other >= 190, "200 processes, 10 series: other {other}");
+    assert_eq!(trace.lost_events(), 0);
+}

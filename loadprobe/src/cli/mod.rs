@@ -14,6 +14,7 @@ pub mod run;
 pub mod serve;
 pub mod signals;
 pub mod trace;
+pub mod trace_by;
 pub mod tune;
 
 /// Exit statuses, one convention for every subcommand (README, "Exit status").

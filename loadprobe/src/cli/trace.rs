@@ -10,19 +10,23 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use loadprobe::diag::{self, TwSocket};
-use loadprobe::metrics::{self, MetricsServer, PUBLISH_EVERY, Published, Snapshot};
+use loadprobe::kernel::cgroup::Cgroups;
+use loadprobe::metrics::{self, MetricsServer, OwnerSeries, PUBLISH_EVERY, Published, Snapshot};
 use loadprobe::model::Side;
 use loadprobe::privileges;
+use loadprobe::probe::owner::{Named, Namer};
 use loadprobe::probe::read_loop::{Reader, Watch};
 use loadprobe::probe::summary::Summary;
+use loadprobe::probe::track::by::{By, MAX_ROWS};
 use loadprobe::probe::track::{ConnRecord, Tracker};
 use loadprobe::probe::{LOSS_UNCERTAIN, Netns, Probe, ProbeOptions};
-use loadprobe_common::Event;
+use loadprobe_common::{Event, Owner};
 
 use super::exit;
 use super::out::{Stdout, note};
 use super::parse;
 use super::signals::Interrupts;
+use super::trace_by::{self, ByArg};
 
 #[derive(Args, Debug)]
 pub struct TraceArgs {
@@ -45,10 +49,28 @@ pub struct TraceArgs {
     /// (e.g. 127.0.0.1:9464, or [::]:9464 for every address).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Also serve the counts by owner, process or cgroup: the first N owners seen
+    /// (--metrics-top) get series of their own for the whole trace, the rest are summed as
+    /// `other`.
+    #[arg(long, value_enum, value_name = "KEY", requires = "metrics")]
+    metrics_by: Option<MetricsBy>,
+    /// How many owners get series of their own with --metrics-by.
+    #[arg(long, value_name = "N", requires = "metrics_by", default_value_t = 20,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    metrics_top: u16,
     /// The user to run as once the probe is attached, with no capability left
     /// (default: nobody; taken only when started as root).
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
+    /// Also keep totals by owner: who holds TIME_WAIT now, who made the most, and who closed
+    /// their connections, per process, cgroup, peer address or local port; shown live on a
+    /// terminal and at the end (the summary's `by` in jsonl).
+    #[arg(long, value_enum, value_name = "KEY")]
+    by: Option<ByArg>,
+    /// How many rows `--by` shows per ranking; the rest are summed as `other`.
+    #[arg(long, value_name = "N", requires = "by", default_value_t = 10,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    top: u16,
     /// Describe rare anomalies inside the probe's kernel programs on stderr (a failed kernel
     /// read: which program, which field); they are counted either way.
     #[arg(long)]
@@ -56,6 +78,15 @@ pub struct TraceArgs {
     /// Print every raw kernel event to stderr (for debugging the probe).
     #[arg(long, hide = true)]
     debug_events: bool,
+}
+
+/// What `--metrics-by` names series by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum MetricsBy {
+    /// The owning process, as `comm[pid]`.
+    Process,
+    /// The owning process's cgroup path.
+    Cgroup,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -91,8 +122,22 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
     if let Some(reason) = probe.timewait_unavailable() {
         note!("loadprobe: TIME_WAIT tracking unavailable ({reason}); closers only");
     }
-    let tracker = Tracker::new(probe.timewait_unavailable().is_none());
+    let mut tracker = Tracker::new(probe.timewait_unavailable().is_none());
+    if let Some(by) = args.by {
+        tracker = tracker.by(by.by(), MAX_ROWS);
+    }
+    match args.metrics_by {
+        Some(MetricsBy::Process) => {
+            tracker = tracker.metrics_by(By::Process, args.metrics_top.into())
+        }
+        Some(MetricsBy::Cgroup) => {
+            tracker = tracker.metrics_by(By::Cgroup, args.metrics_top.into())
+        }
+        None => {}
+    }
     let mut reader = Reader::new(probe, tracker);
+    // Opened while still privileged: see `Cgroups`.
+    let namer = Namer::new(Cgroups::new());
     let dropped = privileges::drop_all(user.as_ref())?;
     let published = match metrics_server {
         Some(server) => {
@@ -155,6 +200,8 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         last_publish: Instant::now(),
         last_second: Instant::now(),
         verify,
+        namer,
+        live_lines: 0,
     };
     watch.publish(&reader);
     reader.run(&mut watch)?;
@@ -165,6 +212,7 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
         verify,
         deadline,
         mut interrupts,
+        mut namer,
         ..
     } = watch;
     if live && verify.is_none() {
@@ -172,16 +220,25 @@ pub fn main(args: TraceArgs) -> anyhow::Result<ExitCode> {
     }
     let summary = reader.summary(None);
     let verify = verify.map(Verify::result);
+    let top = usize::from(args.top);
     match args.format {
         Format::Jsonl => {
             let mut value = serde_json::json!({ "summary": summary });
             if let Some(v) = &verify {
                 value["summary"]["verify"] = serde_json::to_value(v)?;
             }
+            if let Some(table) = reader.tracker().table() {
+                value["summary"]["by"] = trace_by::json(table, top, &mut namer);
+            }
             writeln!(out, "{value}")?;
         }
         Format::Text => {
             write_summary(&mut out, &summary)?;
+            if let Some(table) = reader.tracker().table() {
+                for line in trace_by::lines(table, top, &mut namer) {
+                    writeln!(out, "{line}")?;
+                }
+            }
             if let Some(v) = &verify {
                 writeln!(
                     out,
@@ -215,6 +272,9 @@ struct TraceWatch<'a> {
     last_publish: Instant,
     last_second: Instant,
     verify: Option<Verify>,
+    namer: Namer,
+    /// Lines the live `--by` table took last time, to redraw it in place.
+    live_lines: usize,
 }
 
 impl TraceWatch<'_> {
@@ -223,15 +283,29 @@ impl TraceWatch<'_> {
         note!("{}loadprobe: {line}", if self.live { "\n" } else { "" });
     }
 
-    fn publish(&self, reader: &Reader) {
+    fn publish(&mut self, reader: &Reader) {
         if let Some(published) = &self.published {
             let probe = reader.probe();
-            published.set(Snapshot::of(
+            let mut snapshot = Snapshot::of(
                 reader.tracker(),
                 probe.lost_events(),
                 probe.skipped_events(),
                 probe.timewait_unavailable().is_none(),
-            ));
+            );
+            snapshot.owners = reader.tracker().metrics_table().map(|table| {
+                let (rows, other) = table.rows();
+                let mut series = OwnerSeries {
+                    label: table.by.name(),
+                    other: other.clone(),
+                    ..OwnerSeries::default()
+                };
+                for (key, row) in rows {
+                    let name = trace_by::name(key, &mut self.namer);
+                    series.rows.entry(name).or_default().add(row);
+                }
+                series
+            });
+            published.set(snapshot);
         }
     }
 }
@@ -239,17 +313,26 @@ impl TraceWatch<'_> {
 impl Watch for TraceWatch<'_> {
     type Error = anyhow::Error;
 
-    fn event(&mut self, tracker: &mut Tracker, e: &Event) {
+    fn event(&mut self, tracker: &mut Tracker, e: &Event, owner: Option<&Owner>) {
         if self.args.debug_events {
-            note!("{e:?}");
+            note!("{e:?} {owner:?}");
         }
-        tracker.event(e);
+        if let Some(owner) = owner {
+            self.namer.learn(owner);
+        }
+        tracker.owned_event(e, owner);
     }
 
     fn record(&mut self, record: ConnRecord) -> anyhow::Result<()> {
         match self.args.format {
             Format::Jsonl => {
-                writeln!(self.out, "{}", serde_json::to_string(&record)?)?;
+                let mut name = |o: Option<Owner>| o.map(|o| self.namer.name(&o));
+                let line = RecordLine {
+                    client_owner: name(record.client_owner),
+                    server_owner: name(record.server_owner),
+                    record: &record,
+                };
+                writeln!(self.out, "{}", serde_json::to_string(&line)?)?;
                 self.written += 1;
             }
             // The text view is the summary; per-connection lines would flood a terminal.
@@ -283,11 +366,29 @@ impl Watch for TraceWatch<'_> {
                 }
                 self.out.flush()?;
             } else if self.live {
-                let _ = write!(
-                    std::io::stderr(),
-                    "\r{}",
-                    live_line(reader.tracker(), reader.probe().lost_events())
-                );
+                let line = live_line(reader.tracker(), reader.probe().lost_events());
+                match reader.tracker().table() {
+                    Some(table) => {
+                        // Redraws the table in place: up to its first line, clear below.
+                        let mut text = String::new();
+                        if self.live_lines > 0 {
+                            text.push_str(&format!("\x1b[{}F\x1b[J", self.live_lines));
+                        }
+                        let lines =
+                            trace_by::lines(table, usize::from(self.args.top), &mut self.namer);
+                        self.live_lines = lines.len() + 1;
+                        text.push_str(&line);
+                        for l in lines {
+                            text.push('\n');
+                            text.push_str(&l);
+                        }
+                        text.push('\n');
+                        let _ = write!(std::io::stderr(), "{text}");
+                    }
+                    None => {
+                        let _ = write!(std::io::stderr(), "\r{line}");
+                    }
+                }
             }
         }
         if self.interrupts.hangups() > 0 {
@@ -302,6 +403,15 @@ impl Watch for TraceWatch<'_> {
     fn lost(&mut self, warning: &str) {
         self.say(warning);
     }
+}
+
+/// A connection record as `--format jsonl` writes it: with each end's owner named.
+#[derive(serde::Serialize)]
+struct RecordLine<'a> {
+    #[serde(flatten)]
+    record: &'a ConnRecord,
+    client_owner: Option<Named>,
+    server_owner: Option<Named>,
 }
 
 fn live_line(tracker: &Tracker, lost: u64) -> String {

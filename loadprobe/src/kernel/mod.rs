@@ -14,6 +14,7 @@
 //! calling thread's namespace; each call opens the file afresh, because an already open fd keeps
 //! the namespace it was opened in. (`/proc/net`, by contrast, follows the process's main thread.)
 
+pub mod cgroup;
 pub mod tcp;
 
 use std::collections::BTreeMap;

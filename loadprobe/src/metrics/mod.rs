@@ -18,7 +18,9 @@ use prometheus_client::registry::Registry;
 
 use crate::model::{Closer, Side, Substate};
 
+use crate::probe::track::by::Row;
 use crate::probe::track::{Totals, Tracker};
+use std::collections::BTreeMap;
 
 pub use serve::{MetricsError, MetricsServer};
 
@@ -43,7 +45,23 @@ pub struct Snapshot {
     /// False when the probe cannot follow timewait sockets: the TIME_WAIT families are left
     /// out rather than reported as zeros.
     pub timewait_tracked: bool,
+    /// The same by owner (`trace --metrics-by`), when asked for.
+    pub owners: Option<OwnerSeries>,
 }
+
+/// The owner series of one scrape: a bounded set of named rows (see `ByTable::sticky`: a row
+/// never goes, so its counters only grow) and `other`, the rest.
+#[derive(Clone, Debug, Default)]
+pub struct OwnerSeries {
+    /// The label the rows are named by: `process` or `cgroup`.
+    pub label: &'static str,
+    /// By name; rows of one name (a command whose pid is unknown) are summed.
+    pub rows: BTreeMap<String, Row>,
+    pub other: Row,
+}
+
+/// What `other` is called in the owner series: no process or cgroup path is spelled so.
+pub const OTHER: &str = "other";
 
 impl Snapshot {
     pub fn of(tracker: &Tracker, lost_events: u64, skipped_events: u64, tracked: bool) -> Snapshot {
@@ -52,6 +70,7 @@ impl Snapshot {
             lost_events,
             skipped_events,
             timewait_tracked: tracked,
+            owners: None,
         }
     }
 }
@@ -92,6 +111,9 @@ impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Copied out so that the trace loop never waits on a scrape's encoding.
         let s = self.0.lock().clone();
+        if let Some(owners) = &s.owners {
+            encode_owners(&mut encoder, owners, s.timewait_tracked)?;
+        }
         let mut counters = |name: &str, help: &str, rows: Vec<(Vec<(&str, &str)>, u64)>| {
             family(
                 &mut encoder,
@@ -220,6 +242,60 @@ impl Collector for SnapshotCollector {
         }
         Ok(())
     }
+}
+
+/// The owner families: each named row and `other`.
+fn encode_owners(
+    encoder: &mut DescriptorEncoder,
+    owners: &OwnerSeries,
+    timewait_tracked: bool,
+) -> Result<(), std::fmt::Error> {
+    let label = owners.label;
+    let all = || {
+        owners
+            .rows
+            .iter()
+            .map(|(n, r)| (n.as_str(), r))
+            .chain([(OTHER, &owners.other)])
+    };
+    family(
+        encoder,
+        "owner_connections_closed",
+        "Connections an owner was an end of, by closer (the first owners seen, the rest as other).",
+        MetricType::Counter,
+        all()
+            .flat_map(|(name, r)| {
+                Closer::ALL.iter().map(move |c| {
+                    let n = r.closer.get(c).copied().unwrap_or(0);
+                    (vec![(label, name), ("closer", c.name())], n)
+                })
+            })
+            .collect(),
+        |v, m| ConstCounter::new(v).encode(m),
+    )?;
+    if !timewait_tracked {
+        return Ok(());
+    }
+    family(
+        encoder,
+        "owner_time_wait_entered",
+        "Timewait sockets made by an owner's ends (the first owners seen, the rest as other).",
+        MetricType::Counter,
+        all()
+            .map(|(name, r)| (vec![(label, name)], r.entered))
+            .collect(),
+        |v, m| ConstCounter::new(v).encode(m),
+    )?;
+    family(
+        encoder,
+        "owner_time_wait_alive",
+        "Timewait sockets an owner's ends hold now (the first owners seen, the rest as other).",
+        MetricType::Gauge,
+        all()
+            .map(|(name, r)| (vec![(label, name)], r.holding))
+            .collect(),
+        |v, m| ConstGauge::new(v as i64).encode(m),
+    )
 }
 
 /// One metric family of labelled rows.

@@ -117,3 +117,51 @@ fn without_timewait_tracking_there_are_no_timewait_series() {
     );
     assert!(!text.contains("time_wait"), "{text}");
 }
+
+#[test]
+fn owner_series_have_one_label_value_per_row_and_other() {
+    use crate::probe::track::by::Row;
+    let row = |entered, holding| Row {
+        entered,
+        holding,
+        connections: entered,
+        closer: [(Closer::Client, entered)].into_iter().collect(),
+    };
+    let mut owners = OwnerSeries {
+        label: "process",
+        other: row(7, 1),
+        ..OwnerSeries::default()
+    };
+    owners.rows.insert("curl[10]".into(), row(2, 2));
+    let text = scrape(Snapshot {
+        timewait_tracked: true,
+        owners: Some(owners),
+        ..Snapshot::default()
+    });
+    let get = |s: &str| line(&text, s);
+    assert_eq!(
+        get("loadprobe_owner_time_wait_entered_total{process=\"curl[10]\"}"),
+        "2"
+    );
+    assert_eq!(
+        get("loadprobe_owner_time_wait_entered_total{process=\"other\"}"),
+        "7"
+    );
+    assert_eq!(
+        get("loadprobe_owner_time_wait_alive{process=\"other\"}"),
+        "1"
+    );
+    assert_eq!(
+        get("loadprobe_owner_connections_closed_total{process=\"curl[10]\",closer=\"client\"}"),
+        "2"
+    );
+    assert_eq!(
+        get("loadprobe_owner_connections_closed_total{process=\"other\",closer=\"server\"}"),
+        "0"
+    );
+    assert_eq!(
+        text.matches("loadprobe_owner_time_wait_alive{").count(),
+        2,
+        "{text}"
+    );
+}

@@ -42,8 +42,22 @@ pub fn socket_offsets(btf: &Btf) -> Result<Offsets, ProbeError> {
         inet_sport: offset(btf, "inet_sock", "inet_sport")?,
         tcp_write_seq: offset(btf, "tcp_sock", "write_seq")?,
         tcp_snd_nxt: offset(btf, "tcp_sock", "snd_nxt")?,
+        sk_lock_owned: int_offset(btf, "sock", "sk_lock.owned")?,
         ..Offsets::default()
     })
+}
+
+/// [`offset`] of a member the programs read as a C `int` (4 bytes): another type there would
+/// be read wrongly, not fail.
+fn int_offset(btf: &Btf, name: &str, path: &str) -> Result<u16, ProbeError> {
+    let (at, ty) = member_at(btf, name, path)?;
+    match strip(btf, ty)? {
+        Type::Int(i) if i.size() == 4 => Ok(at),
+        other => Err(ProbeError::Btf(format!(
+            "{name}.{path} is a {}, not an int",
+            describe(btf, other)?
+        ))),
+    }
 }
 
 /// Adds the offsets for the timewait timer events. A kernel whose timewait socket has no
@@ -139,6 +153,11 @@ fn describe(btf: &Btf, ty: Type) -> Result<String, ProbeError> {
 /// Byte offset of `path` (dot-separated members) inside `struct name`. Members of anonymous
 /// structs and unions are found as if they were direct members, as in C.
 pub fn offset(btf: &Btf, name: &str, path: &str) -> Result<u16, ProbeError> {
+    member_at(btf, name, path).map(|(at, _)| at)
+}
+
+/// [`offset`] and the member's type.
+fn member_at(btf: &Btf, name: &str, path: &str) -> Result<(u16, Type), ProbeError> {
     let mut ty = named_struct(btf, name)?;
     let mut bits = 0u32;
     let mut parts = path.split('.').peekable();
@@ -146,14 +165,17 @@ pub fn offset(btf: &Btf, name: &str, path: &str) -> Result<u16, ProbeError> {
         let (off, member_ty) = find_member(btf, &ty, part)?
             .ok_or_else(|| ProbeError::Btf(format!("struct {name} has no member {path}")))?;
         bits += off;
+        ty = member_ty;
         if parts.peek().is_some() {
-            ty = strip(btf, member_ty)?;
+            ty = strip(btf, ty)?;
         }
     }
     if !bits.is_multiple_of(8) {
         return Err(ProbeError::Btf(format!("{name}.{path} is a bitfield")));
     }
-    u16::try_from(bits / 8).map_err(|_| ProbeError::Btf(format!("{name}.{path} is too far in")))
+    let at = u16::try_from(bits / 8)
+        .map_err(|_| ProbeError::Btf(format!("{name}.{path} is too far in")))?;
+    Ok((at, ty))
 }
 
 fn member_type_name(btf: &Btf, name: &str, member: &str) -> Result<String, ProbeError> {
@@ -243,6 +265,9 @@ mod tests {
         // ... and struct inet_sock with its struct sock.
         assert!(o.inet_sport > o.sk_protocol);
         assert!(o.tw_timer > o.tw_substate);
+        // sk_lock follows sock_common; its `owned` follows the spinlock.
+        assert!(usize::from(o.sk_lock_owned) > usize::from(o.skc_v6_rcv_saddr) + 16);
+        assert!(int_offset(&btf, "sock", "sk_protocol").is_err());
         // timer_list: entry (two pointers), expires, then function.
         assert_eq!(o.timer_function, 24);
     }

@@ -2,14 +2,23 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use loadprobe_common::{AF_INET6, Event};
+use loadprobe_common::{AF_INET6, Event, OwnedEvent, Owner};
 
-/// Copies an event out of the ring buffer; `None` for a record of the wrong size.
-pub fn decode(bytes: &[u8]) -> Option<Event> {
-    (bytes.len() == size_of::<Event>()).then(|| {
-        // SAFETY: `Event` is plain `#[repr(C)]` data (aya::Pod); any bytes are valid and
+/// Copies an event out of the ring buffer, with its owner when the record is an
+/// [`OwnedEvent`]; `None` for a record of another size.
+pub fn decode(bytes: &[u8]) -> Option<(Event, Option<Owner>)> {
+    if bytes.len() == size_of::<OwnedEvent>() {
+        // SAFETY: `OwnedEvent` is plain `#[repr(C)]` data (aya::Pod); any bytes are valid and
         // read_unaligned copes with the ring buffer's 8-byte alignment either way.
-        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) }
+        let o = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<OwnedEvent>()) };
+        return Some((o.event, Some(o.owner)));
+    }
+    (bytes.len() == size_of::<Event>()).then(|| {
+        // SAFETY: as above, for `Event`.
+        (
+            unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) },
+            None,
+        )
     })
 }
 
@@ -70,6 +79,21 @@ mod tests {
     #[test]
     fn wrong_sizes_are_rejected() {
         assert!(decode(&[0u8; 7]).is_none());
-        assert!(decode(&[0u8; size_of::<Event>()]).is_some());
+        assert!(decode(&[0u8; 80]).is_none());
+        assert_eq!(decode(&[0u8; size_of::<Event>()]).unwrap().1, None);
+    }
+
+    #[test]
+    fn an_owned_event_carries_its_owner() {
+        let mut bytes = [0u8; size_of::<OwnedEvent>()];
+        bytes[20..22].copy_from_slice(&8080u16.to_ne_bytes());
+        bytes[64..72].copy_from_slice(&77u64.to_ne_bytes());
+        bytes[72..76].copy_from_slice(&1234u32.to_ne_bytes());
+        bytes[80..84].copy_from_slice(b"curl");
+        let (e, owner) = decode(&bytes).unwrap();
+        let owner = owner.unwrap();
+        assert_eq!(e.sport, 8080);
+        assert_eq!((owner.cgroup_id, owner.pid), (77, 1234));
+        assert_eq!(&owner.comm[..5], b"curl\0");
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod btf;
 pub mod event;
+pub mod owner;
 pub mod read_loop;
 pub mod session;
 pub mod summary;
@@ -23,7 +24,7 @@ use aya::{
     programs::RawTracePoint,
 };
 use aya_log::EbpfLogger;
-use loadprobe_common::{Config, Event, INLINE_PORTS, floor, port_filter, program};
+use loadprobe_common::{Config, Event, INLINE_PORTS, Owner, floor, port_filter, program};
 
 /// The compiled eBPF object, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loadprobe"));
@@ -153,9 +154,10 @@ pub struct ProbeOptions {
     /// Follow timewait sockets through their timer (issue: the heart of the product); off only
     /// for benchmarks of the state events alone.
     pub timewait: bool,
-    /// Send every step connection records need. A run needs totals, not records, and leaves
-    /// out three steps whose facts later events carry too (`Config::records`): three events
-    /// fewer per connection.
+    /// Send every step connection records need, and the owner (process, cgroup) of the steps
+    /// its process makes ([`loadprobe_common::Owner`]). A run needs totals, not records, and
+    /// leaves out the owners and four steps whose facts later events carry too
+    /// (`Config::records`): its events stay 64 bytes, four fewer per connection.
     pub records: bool,
     /// Stop the programs early, to measure what the probe costs before its own work
     /// (`Config::floor`); `None` for the probe itself.
@@ -229,22 +231,20 @@ impl Probe {
             Netns::Current => current_netns().map_err(ProbeError::Read)?,
             Netns::All => 0,
         };
-        // The owner's id is the one of its own PID namespace (a container's is not the kernel's
-        // global id): the programs compare it there.
-        let (owner_pidns_dev, owner_pidns_ino) = match options.owner {
-            Some(_) => {
-                use std::os::unix::fs::MetadataExt;
-                let ns = std::fs::metadata("/proc/self/ns/pid").map_err(ProbeError::Read)?;
-                (ns.dev(), ns.ino())
-            }
-            None => (0, 0),
+        // Process ids are those of loadprobe's own PID namespace: a run's own id, which is not
+        // the kernel's global one in a container, and the ids a trace names owners by (a task
+        // outside it has none there, rather than an id that means nothing here).
+        let (pidns_dev, pidns_ino) = {
+            use std::os::unix::fs::MetadataExt;
+            let ns = std::fs::metadata("/proc/self/ns/pid").map_err(ProbeError::Read)?;
+            (ns.dev(), ns.ino())
         };
         let mut config = Config {
             tw_timer_handler: *timewait.as_ref().unwrap_or(&0),
             netns,
             owner: options.owner.unwrap_or(0),
-            owner_pidns_dev,
-            owner_pidns_ino,
+            pidns_dev,
+            pidns_ino,
             records: options.records.into(),
             floor: match options.floor {
                 None => floor::NONE,
@@ -369,12 +369,12 @@ impl Probe {
     /// handed over, which is the "now" to give [`track::Tracker::tick`]. The time after the
     /// drain would not do: a timer cancel read in this drain whose expiry landed just after it
     /// would look like a kill.
-    pub fn poll(&mut self, wait: Duration, mut each: impl FnMut(&Event)) -> u64 {
+    pub fn poll(&mut self, wait: Duration, mut each: impl FnMut(&Event, Option<&Owner>)) -> u64 {
         std::thread::sleep(wait);
         let upto = crate::kernel::monotonic_ns();
         while let Some(item) = self.events.next() {
-            if let Some(event) = event::decode(&item) {
-                each(&event);
+            if let Some((event, owner)) = event::decode(&item) {
+                each(&event, owner.as_ref());
             }
         }
         if let Some(log) = &mut self.log {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use loadprobe_common::Event;
+use loadprobe_common::{Event, Owner};
 
 use super::summary::Summary;
 use super::track::{ConnRecord, Totals, Tracker};
@@ -15,9 +15,10 @@ use super::{LossWatch, Probe};
 pub trait Watch {
     type Error;
 
-    /// An event from the ring buffer; the default hands it to the tracker.
-    fn event(&mut self, tracker: &mut Tracker, event: &Event) {
-        tracker.event(event);
+    /// An event from the ring buffer, with its owner if it carries one; the default hands it
+    /// to the tracker.
+    fn event(&mut self, tracker: &mut Tracker, event: &Event, owner: Option<&Owner>) {
+        tracker.owned_event(event, owner);
     }
 
     /// A record the tracker finished; the default drops it.
@@ -69,7 +70,9 @@ impl Reader {
     /// the tracker counts is then the kernel's state as of now (to compare with the kernel's
     /// own count, say).
     pub fn catch_up(&mut self) {
-        let upto = self.probe.poll(Duration::ZERO, |e| self.tracker.event(e));
+        let upto = self
+            .probe
+            .poll(Duration::ZERO, |e, o| self.tracker.owned_event(e, o));
         self.tracker.tick(upto);
     }
 
@@ -78,9 +81,9 @@ impl Reader {
     /// open.
     pub fn run<W: Watch>(&mut self, watch: &mut W) -> Result<(), W::Error> {
         loop {
-            let upto = self
-                .probe
-                .poll(Probe::DRAIN_EVERY, |e| watch.event(&mut self.tracker, e));
+            let upto = self.probe.poll(Probe::DRAIN_EVERY, |e, o| {
+                watch.event(&mut self.tracker, e, o)
+            });
             self.tracker.tick(upto);
             self.pass_records(watch)?;
             self.check_losses(watch);
@@ -90,7 +93,7 @@ impl Reader {
         }
         let upto = self
             .probe
-            .poll(Duration::ZERO, |e| watch.event(&mut self.tracker, e));
+            .poll(Duration::ZERO, |e, o| watch.event(&mut self.tracker, e, o));
         self.tracker.flush(upto);
         self.pass_records(watch)
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use loadprobe_common::Event;
+use loadprobe_common::{Event, Owner};
 use serde::{Deserialize, Serialize};
 
 use super::read_loop::{Reader, Watch};
@@ -133,7 +133,7 @@ struct RunWatch<'a> {
 impl Watch for RunWatch<'_> {
     type Error = ProbeError;
 
-    fn event(&mut self, tracker: &mut Tracker, e: &Event) {
+    fn event(&mut self, tracker: &mut Tracker, e: &Event, _: Option<&Owner>) {
         if self.warmup.is_none() {
             let at = self.live.window_start_ns.load(Ordering::Relaxed);
             if at != 0 && e.ts_ns >= at {

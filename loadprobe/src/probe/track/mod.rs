@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
-use loadprobe_common::{Event, kind, tcp_state as st};
+use loadprobe_common::{Event, Owner, kind, tcp_state as st};
 // Every event costs several lookups keyed by kernel addresses and 4-tuples: FxHash is several
 // times cheaper than SipHash there (it showed in profiles of churn), and SipHash's resistance to
 // crafted keys buys little when a remote peer controls at most its own address and port.
@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use super::event::endpoints;
 use crate::model::{Closer, Side, Substate};
+use by::{By, ByTable, RowKey};
 use timewait::{CANCEL_GRACE_NS, REUSE_WINDOW_NS, Tuple, Tw, substate_of, tuple_of};
 
 /// How a timewait socket's life ended.
@@ -80,6 +81,13 @@ pub struct ConnRecord {
     pub client_netns: Option<u32>,
     pub server_netns: Option<u32>,
     pub time_wait: Vec<TimeWait>,
+    /// The task that last made a step of each end in its own process (connect, close; see
+    /// [`Owner`]): `None` for an end not seen, or seen only in softirq steps. Raw kernel ids:
+    /// `probe::owner` names them (cgroup path, container, pod) for the record's reader.
+    #[serde(skip)]
+    pub client_owner: Option<Owner>,
+    #[serde(skip)]
+    pub server_owner: Option<Owner>,
 }
 
 /// Counters for the timewait sockets of one side in one substate (see [`Totals`]).
@@ -242,6 +250,8 @@ struct End {
     has_tw: bool,
     closed_ns: Option<u64>,
     conn: Option<ConnId>,
+    /// The task of the latest step this end's own process made (see [`Owner`]).
+    owner: Option<Owner>,
 }
 
 /// Connections get an id of their own: a new connection can take the 4-tuple of one that is
@@ -324,6 +334,11 @@ pub struct Tracker {
     timewait_tracked: bool,
     /// Hold a connection's record until its timewait sockets end (see `records_at_close`).
     wait_for_timewait: bool,
+    /// The owner the event being handled carries (see [`Tracker::owned_event`]).
+    owner_now: Option<Owner>,
+    /// Totals by owner, when asked for: [`Tracker::by`]'s table, then
+    /// [`Tracker::metrics_by`]'s.
+    tables: [Option<ByTable>; 2],
 }
 
 impl Tracker {
@@ -343,6 +358,27 @@ impl Tracker {
     pub fn records_at_close(mut self) -> Tracker {
         self.wait_for_timewait = false;
         self
+    }
+
+    /// Also keep totals by owner (`trace --by`), in a table of at most `max_rows` rows.
+    pub fn by(mut self, by: By, max_rows: usize) -> Tracker {
+        self.tables[0] = Some(ByTable::new(by, max_rows));
+        self
+    }
+
+    pub fn table(&self) -> Option<&ByTable> {
+        self.tables[0].as_ref()
+    }
+
+    /// Also keep totals by owner for metrics: the first `series` keys seen, and `other`, whose
+    /// counts only ever grow ([`ByTable::sticky`]).
+    pub fn metrics_by(mut self, by: By, series: usize) -> Tracker {
+        self.tables[1] = Some(ByTable::sticky(by, series));
+        self
+    }
+
+    pub fn metrics_table(&self) -> Option<&ByTable> {
+        self.tables[1].as_ref()
     }
 
     pub fn totals(&self) -> &Totals {
@@ -400,6 +436,14 @@ impl Tracker {
     /// Finished records, oldest first.
     pub fn drain(&mut self) -> std::vec::Drain<'_, ConnRecord> {
         self.done.drain(..)
+    }
+
+    /// [`Tracker::event`] for an event that may carry the [`Owner`] of its step: the end
+    /// takes it before the step is handled (a close may finish the connection's record).
+    pub fn owned_event(&mut self, e: &Event, owner: Option<&Owner>) {
+        self.owner_now = owner.copied();
+        self.event(e);
+        self.owner_now = None;
     }
 
     pub fn event(&mut self, e: &Event) {
@@ -565,6 +609,9 @@ impl Tracker {
             .ends
             .entry(e.addr)
             .or_insert_with(|| End::new(e.addr, Role::Unknown, local, remote, e.netns, e.ts_ns));
+        if let Some(owner) = self.owner_now.take() {
+            end.owner = Some(owner);
+        }
         if local.port() != 0 {
             end.local = local;
             end.remote = remote;
@@ -740,7 +787,11 @@ impl Tracker {
         // `trace --metrics` serves, show a close when it happened.
         if conn.live.is_empty() && conn.lone_since.is_none() && !conn.closer_counted {
             conn.closer_counted = true;
-            *self.totals.closer.entry(conn.closer()).or_default() += 1;
+            let closer = conn.closer();
+            *self.totals.closer.entry(closer).or_default() += 1;
+            for table in self.tables.iter_mut().flatten() {
+                table.closed(&conn.row_keys(table.by), closer);
+            }
         }
         let tw_wait = conn.tw_live > 0 && self.wait_for_timewait;
         let waiting = !conn.live.is_empty() || tw_wait || conn.lone_since.is_some();
@@ -762,9 +813,18 @@ impl Tracker {
             self.current.remove(&conn.key);
         }
         let counted = conn.closer_counted;
+        let keys = self
+            .tables
+            .each_ref()
+            .map(|t| t.as_ref().map(|t| conn.row_keys(t.by)));
         let record = conn.record();
         if !counted {
             *self.totals.closer.entry(record.closer).or_default() += 1;
+            for (table, keys) in self.tables.iter_mut().zip(keys) {
+                if let (Some(table), Some(keys)) = (table, keys) {
+                    table.closed(&keys, record.closer);
+                }
+            }
         }
         self.done.push(record);
     }
@@ -795,6 +855,7 @@ impl End {
             has_tw: false,
             closed_ns: None,
             conn: None,
+            owner: None,
         }
     }
 
@@ -852,6 +913,15 @@ impl End {
 }
 
 impl Conn {
+    /// The table keys of its ends (see [`by::ByTable::closed`]).
+    fn row_keys(&self, by: By) -> Vec<RowKey> {
+        self.client
+            .iter()
+            .chain(self.server.iter())
+            .map(|e| RowKey::of(by, e.owner.as_ref(), e.local, e.remote))
+            .collect()
+    }
+
     fn record(self) -> ConnRecord {
         let key = self.key;
         // Not collected: a run finishes tens of thousands of records a second.
@@ -878,6 +948,8 @@ impl Conn {
             client_netns: self.client.as_ref().map(|e| e.netns),
             server_netns: self.server.as_ref().map(|e| e.netns),
             time_wait: self.time_wait,
+            client_owner: self.client.as_ref().and_then(|e| e.owner),
+            server_owner: self.server.as_ref().and_then(|e| e.owner),
         }
     }
 
@@ -921,6 +993,7 @@ impl Conn {
     }
 }
 
+pub mod by;
 #[cfg(test)]
 mod tests;
 mod timewait;

@@ -38,6 +38,9 @@ struct Replay {
     /// namespace's sockets are other kernel objects).
     netns: u32,
     shift: u64,
+    /// The client's and the server's processes, when the probe sends owners: the steps each
+    /// makes in its own process carry its owner, as the kernel's do.
+    owners: Option<(Owner, Owner)>,
 }
 
 const CPORT: u16 = 40000;
@@ -51,6 +54,7 @@ impl Replay {
             records: true,
             netns: 1,
             shift: 0,
+            owners: None,
         }
     }
 
@@ -62,13 +66,17 @@ impl Replay {
         }
     }
 
-    fn send(&mut self, mut e: Event) -> &mut Self {
+    fn send(&mut self, e: Event) -> &mut Self {
+        self.send_owned(e, None)
+    }
+
+    fn send_owned(&mut self, mut e: Event, owner: Option<Owner>) -> &mut Self {
         self.now += MS;
         e.ts_ns = self.now;
         e.family = AF_INET;
         e.netns = self.netns;
         e.addr += self.shift;
-        self.t.event(&e);
+        self.t.owned_event(&e, owner.as_ref());
         self
     }
 
@@ -92,17 +100,30 @@ impl Replay {
         } else {
             sport
         };
-        self.send(Event {
-            kind: kind::SET_STATE,
-            addr: a,
-            old_state: old,
-            new_state: new,
-            sport,
-            dport,
-            saddr: LOOPBACK,
-            daddr: LOOPBACK,
-            ..Event::default()
-        })
+        // The steps of `Capture::Always` in loadprobe-ebpf, and the aborts of these scenarios,
+        // which are close() calls.
+        let in_process = matches!(
+            (old, new),
+            (CLOSE, SYN_SENT) | (_, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) | (ESTABLISHED, CLOSE)
+        );
+        let owner = self
+            .owners
+            .filter(|_| in_process)
+            .map(|(c, s)| if side_client { c } else { s });
+        self.send_owned(
+            Event {
+                kind: kind::SET_STATE,
+                addr: a,
+                old_state: old,
+                new_state: new,
+                sport,
+                dport,
+                saddr: LOOPBACK,
+                daddr: LOOPBACK,
+                ..Event::default()
+            },
+            owner,
+        )
     }
 
     fn c(&mut self, old: u8, new: u8) -> &mut Self {
@@ -182,8 +203,12 @@ impl Replay {
             // The closer goes to CLOSE before it sends the RST (tcp_disconnect, __tcp_close).
             .st(client_aborts, ESTABLISHED, CLOSE)
             .other(kind::RST_SENT, client_aborts, 0)
-            .other(kind::RST_RECEIVED, !client_aborts, 0)
-            .st(!client_aborts, ESTABLISHED, CLOSE)
+            .other(kind::RST_RECEIVED, !client_aborts, 0);
+        // The peer's CLOSE is the softirq's that took the RST in: it names no process.
+        let owners = self.owners.take();
+        self.st(!client_aborts, ESTABLISHED, CLOSE);
+        self.owners = owners;
+        self
     }
 
     /// The server's port is closed: an RST answers the SYN.
@@ -764,4 +789,75 @@ fn the_same_tuple_in_two_namespaces_is_two_timewait_sockets() {
             "{rec:#?}"
         );
     }
+}
+
+fn task(pid: u32, comm: &str, cgroup_id: u64) -> Owner {
+    let mut owner = Owner {
+        pid,
+        cgroup_id,
+        ..Owner::default()
+    };
+    owner.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+    owner
+}
+
+/// Each end is named by its own process: the client's from its connect() and close(), the
+/// server's from its close().
+#[test]
+fn each_end_is_named_by_the_process_of_its_own_steps() {
+    let (curl, nginx) = (task(10, "curl", 7), task(20, "nginx", 8));
+    for by_client in [true, false] {
+        let mut r = Replay::new();
+        r.owners = Some((curl, nginx));
+        r.first_close(by_client);
+        let rec = only(r.finish());
+        assert_eq!(
+            (rec.client_owner, rec.server_owner),
+            (Some(curl), Some(nginx))
+        );
+    }
+    // An abort: the close() that sends the RST names its process.
+    let mut r = Replay::new();
+    r.owners = Some((curl, nginx));
+    r.abort(true);
+    let rec = only(r.finish());
+    assert_eq!((rec.client_owner, rec.server_owner), (Some(curl), None));
+}
+
+/// Without owners (a run's probe, or softirq steps only) nothing is named: never a guess.
+#[test]
+fn an_end_seen_only_in_softirq_steps_has_no_owner() {
+    let mut r = Replay::new();
+    r.client_first_close();
+    let rec = only(r.finish());
+    assert_eq!((rec.client_owner, rec.server_owner), (None, None));
+}
+
+/// `--by process`: the timewait sockets each process holds, made, and its connections' closers;
+/// a socket that ends leaves its holder's count.
+#[test]
+fn the_owner_table_counts_each_process_for_its_own_ends() {
+    use by::{By, Order, RowKey};
+    let (curl, nginx) = (task(10, "curl", 7), task(20, "nginx", 8));
+    let mut r = Replay::new();
+    r.t = Tracker::new(true).by(By::Process, 16);
+    r.owners = Some((curl, nginx));
+    r.client_first_close();
+    let key = |o: Owner| RowKey::Process {
+        pid: o.pid,
+        comm: o.comm,
+    };
+    let table = r.t.table().unwrap();
+    let (rows, other) = table.top(5, Order::Holding);
+    assert_eq!(rows[0].0, key(curl));
+    assert_eq!((rows[0].1.holding, rows[0].1.entered), (1, 1));
+    assert_eq!(rows[0].1.closer[&Closer::Client], 1);
+    assert_eq!(rows[1].0, key(nginx));
+    assert_eq!((rows[1].1.holding, rows[1].1.connections), (0, 1));
+    assert_eq!(other, by::Row::default());
+    r.wait(60_000 * MS)
+        .other(kind::TW_CANCEL, true, TIME_WAIT)
+        .other(kind::TW_EXPIRE, true, TIME_WAIT);
+    let sum = r.t.table().unwrap().sum();
+    assert_eq!((sum.holding, sum.entered, sum.connections), (0, 1, 2));
 }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use loadprobe_common::{Event, tcp_state as st};
 
+use super::by::{RowKey, Slot};
 use super::{ConnId, ConnKey, End, Role, TimeWait, Tracker, TwEnd};
 use crate::model::{Side, Substate, record_growing};
 use crate::probe::event::endpoints;
@@ -49,6 +50,9 @@ pub(super) struct Tw {
     pub(super) substate_start: Substate,
     pub(super) substate: Substate,
     pub(super) owner: Option<(ConnId, Side)>,
+    /// Where the owner table counts it as held (see [`super::by`]): under the owner of the full
+    /// socket it replaced, even once that process has exited.
+    pub(super) slots: [Option<Slot>; 2],
     pub(super) cancel_ns: Option<u64>,
 }
 
@@ -90,6 +94,8 @@ impl Tracker {
             }
         }
         let owner = self.owner_of(local, remote, e.netns);
+        let mut holder = None;
+        let mut slots = [None; 2];
         match owner {
             Some((key, side)) => {
                 if let Some(conn) = self.conns.get_mut(&key) {
@@ -99,6 +105,7 @@ impl Tracker {
                             && end.local == local
                         {
                             end.has_tw = true;
+                            holder = end.owner;
                         }
                     }
                 }
@@ -106,6 +113,12 @@ impl Tracker {
                 stats.entered += 1;
                 stats.current += 1;
                 stats.peak = stats.peak.max(stats.current);
+                for (table, slot) in self.tables.iter_mut().zip(&mut slots) {
+                    if let Some(table) = table {
+                        let key = RowKey::of(table.by, holder.as_ref(), local, remote);
+                        *slot = Some(table.entered(key));
+                    }
+                }
             }
             None => self.totals.time_wait_unmatched += 1,
         }
@@ -127,6 +140,7 @@ impl Tracker {
                 substate_start: substate,
                 substate,
                 owner,
+                slots,
                 cancel_ns: None,
             },
         );
@@ -209,10 +223,20 @@ impl Tracker {
             let stats = self.totals.side_mut(tw.substate, side);
             stats.current = stats.current.saturating_sub(1);
         }
+        self.release_slot(&tw);
         let tuple = tw.tuple();
         self.dying_queue.push_back((at, tuple));
         if let Some((older, older_at)) = self.dying.insert(tuple, (tw, at)) {
             self.tw_end(older, TwEnd::Killed, older_at, true);
+        }
+    }
+
+    /// The owner table no longer counts the timewait socket as held.
+    fn release_slot(&mut self, tw: &Tw) {
+        for (table, slot) in self.tables.iter_mut().zip(tw.slots) {
+            if let (Some(table), Some(slot)) = (table, slot) {
+                table.released(slot);
+            }
         }
     }
 
@@ -241,7 +265,12 @@ impl Tracker {
         let stats = self.totals.side_mut(tw.substate, side);
         if !released {
             stats.current = stats.current.saturating_sub(1);
+            // Still alive at the trace's end: its holder still holds it.
+            if end != TwEnd::Open {
+                self.release_slot(&tw);
+            }
         }
+        let stats = self.totals.side_mut(tw.substate, side);
         match end {
             TwEnd::Expired => stats.expired += 1,
             TwEnd::Reused => stats.reused += 1,
