@@ -668,9 +668,8 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     unsafe { (*counter).run = run };
     // Every hit is noted, or `inet_sock_set_state_nested` would handle it a second time (a
     // second `SYN_SENT->ESTABLISHED` reads as another process taking the client end). So the
-    // slot is a free or stale one if there is one, else the oldest: while this program was
-    // attached and its partner not yet, every hit on the host left an entry behind, and only
-    // the one or two newest entries can still be waited for.
+    // slot is a free or stale one if there is one, else the oldest: entries left behind (see
+    // [`HANDLED`]) are older than the one or two that can still be waited for.
     let (mut chosen, mut chosen_at) = (0, u64::MAX);
     for slot in 1..=HANDLED_SLOTS {
         if let Some(entry) = HANDLED.get_ptr_mut(slot) {
@@ -678,7 +677,12 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
             // program interrupting this one (`inet_sock_set_state_nested` for a softirq's hit)
             // may write them meanwhile: aligned `u64` loads do not tear, and a stale value only
             // makes the choice of slot a worse one.
-            let (at, key) = unsafe { ((*entry).run, (*entry).key) };
+            let (at, key) = unsafe {
+                (
+                    core::ptr::read_volatile(&raw const (*entry).run),
+                    core::ptr::read_volatile(&raw const (*entry).key),
+                )
+            };
             if key == 0 || run - at > HANDLED_STALE_RUNS {
                 chosen = slot;
                 break;

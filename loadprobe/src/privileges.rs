@@ -304,9 +304,10 @@ pub const CAP_FOWNER: u32 = 3;
 
 /// The capabilities uid 0 needs, once it holds no others, to rename a file of its own over
 /// `target` in `dir` (and to remove that file instead): CAP_DAC_OVERRIDE when the directory's
-/// mode does not let this process's uid or groups write and search it, CAP_FOWNER when a
-/// sticky directory's `target` exists and belongs to neither this uid nor the directory's
-/// owner (the rename replaces it). An unreadable directory needs the override.
+/// mode does not let this process's uid or groups write and search it, or a directory above
+/// it search, CAP_FOWNER when a sticky directory's `target` exists and belongs to neither this
+/// uid nor the directory's owner (the rename replaces it). An unreadable directory needs the
+/// override. Modes only: ACLs and read-only mounts are not foreseen.
 pub fn caps_to_replace_in(dir: &Path, target: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(dir) else {
@@ -314,17 +315,22 @@ pub fn caps_to_replace_in(dir: &Path, target: &Path) -> u64 {
     };
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
-    let mode = meta.mode();
-    let class = if meta.uid() == uid {
-        mode >> 6
-    } else if in_groups(meta.gid()) {
-        mode >> 3
-    } else {
-        mode
+    let class = |meta: &std::fs::Metadata| {
+        let mode = meta.mode();
+        if meta.uid() == uid {
+            mode >> 6
+        } else if in_groups(meta.gid()) {
+            mode >> 3
+        } else {
+            mode
+        }
     };
+    let mode = meta.mode();
     let mut needs = 0;
-    // Write and search.
-    if class & 0o3 != 0o3 {
+    // Write and search here; search in every directory above.
+    let searchable = |d: &Path| std::fs::metadata(d).is_ok_and(|m| class(&m) & 0o1 != 0);
+    let above_ok = std::fs::canonicalize(dir).is_ok_and(|d| d.ancestors().skip(1).all(searchable));
+    if class(&meta) & 0o3 != 0o3 || !above_ok {
         needs |= 1 << CAP_DAC_OVERRIDE;
     }
     if mode & libc::S_ISVTX != 0
@@ -504,9 +510,15 @@ fn drop_this_thread(keep: u64) -> Result<(), (usize, i32)> {
     let permitted = u64::from(data[0].permitted) | u64::from(data[1].permitted) << 32;
     let effective = u64::from(data[0].effective) | u64::from(data[1].effective) << 32;
     if effective & (1 << CAP_SETPCAP) != 0 {
-        // SAFETY: prctl with integer arguments only changes this thread's flags.
-        if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0, 0, 0) } != 0 {
-            return Err((1, errno()));
+        // The bits already set stay (a locked one cannot be cleared), and a refusal (bits a
+        // service manager locked) is no failure: no-new-privs, below, already keeps an exec
+        // from gaining anything; the securebits only make that hold twice.
+        // SAFETY: prctl with integer arguments only reads or changes this thread's flags.
+        let current = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
+        if current >= 0 {
+            let bits = SECUREBITS | current as libc::c_ulong;
+            // SAFETY: as above.
+            let _ = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) };
         }
         for cap in 0..64 as libc::c_ulong {
             // SAFETY: as above, for this thread's bounding set; an unknown capability number

@@ -138,8 +138,13 @@ pub async fn run_once(run: RunOnce<'_>) -> Result<RunRecord, RunError> {
     };
     // Everything that needed privileges is done: the programs are attached, the maps and the
     // sampler's socket open. The load, the sampling and the record need none.
-    if let Some(keep) = drop_privileges {
-        privileges::drop_caps_in_every_thread(keep)?;
+    // A failure ends the run before any load, the probe and the sampler stopped first.
+    if let Some(keep) = drop_privileges
+        && let Err(e) = privileges::drop_caps_in_every_thread(keep)
+    {
+        let _ = sampler.map(TwSampler::finish);
+        let _ = probe.map(Session::finish);
+        return Err(e.into());
     }
 
     let result = drive(config.clone(), live, stop).await;

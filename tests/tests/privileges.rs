@@ -308,3 +308,73 @@ fn run_keeps_dac_override_for_an_output_folder_root_cannot_write() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(num(&record, "connections.closer.client"), 100);
 }
+
+/// The rename at the end also needs search permission in every folder above the output's: a
+/// folder of another user, mode 0700, above a 0777 one. `run` keeps CAP_DAC_OVERRIDE for it,
+/// and the record lands.
+#[test]
+fn run_keeps_dac_override_for_a_folder_above_the_output_root_cannot_search() {
+    if !require_root("run's privilege drop below another user's folder") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let netns = Netns::for_test("run-above");
+    let top = tempdir("run-above");
+    let dir = top.join("open");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::chown(&top, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let run = start_run(
+        &netns,
+        &["--users", "2", "--think-time", "20ms", "--requests", "100"],
+        &dir,
+    );
+    wait_for_drop(run.id(), "0000000000000002");
+    let output = run.wait_with_output().expect("wait run");
+    loadprobe_tests::assert_success(&output);
+    let record = loadprobe_tests::read_record(&dir.join("record.json"), &output);
+    let _ = std::fs::remove_dir_all(&top);
+    assert_eq!(num(&record, "connections.closer.client"), 100);
+}
+
+/// Securebits a service manager locked (systemd's `SecureBits=`) cannot be changed: `run`
+/// keeps them, still drops every capability, and runs.
+#[test]
+fn run_under_locked_securebits_still_drops_and_runs() {
+    if !require_root("run's privilege drop under locked securebits") {
+        return;
+    }
+    let netns = Netns::for_test("run-secbits");
+    let dir = tempdir("run-secbits");
+    let run = std::process::Command::new("ip")
+        .args(["netns", "exec", netns.name()])
+        .args([
+            "setpriv",
+            "--securebits",
+            "+no_setuid_fixup,+no_setuid_fixup_locked",
+            "--",
+        ])
+        .arg(loadprobe_tests::loadprobe_bin())
+        .args([
+            "run",
+            "--users",
+            "2",
+            "--think-time",
+            "20ms",
+            "--requests",
+            "100",
+            "-o",
+        ])
+        .arg(dir.join("record.json"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start loadprobe run under setpriv");
+    wait_for_drop(run.id(), "0000000000000000");
+    let output = run.wait_with_output().expect("wait run");
+    loadprobe_tests::assert_success(&output);
+    let record = loadprobe_tests::read_record(&dir.join("record.json"), &output);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(num(&record, "connections.closer.client"), 100);
+}

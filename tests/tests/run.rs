@@ -1115,12 +1115,8 @@ fn serve_tls_with_given_certificate() {
 
 /// Each state change on the host runs the probe's programs, the run's own or not, from the
 /// moment they attach. While another process churns connections (other runs, or the services
-/// of a host where a trace daemon runs), a probed run still counts each of its connections once.
-/// The fault this guards against needed a busy host at the moment of attaching: the first of
-/// the two set_state programs, attached while the verifier still worked on the second, noted
-/// hits for a partner that was not there, and then the second handled the run's first
-/// connections again and took them for another process's (closers `unknown` for up to a few
-/// hundred connections, in 1 of 8 runs of scenario.rs beside the other tests).
+/// of a host where a trace daemon runs), a probed run still counts each of its connections
+/// once: none taken for another process's, none twice (docs/probe.md, the set_state pair).
 #[test]
 fn a_probed_run_beside_heavy_churn_counts_each_of_its_connections() {
     let _one = one_at_a_time();

@@ -387,7 +387,13 @@ fn churn_port() -> Result<u16> {
         .next()
         .and_then(|p| p.parse().ok())
         .context("ip_local_port_range")?;
-    let span = low.saturating_sub(10_000).max(1);
+    if low <= 10_001 {
+        bail!(
+            "ip_local_port_range starts at {low}: the soak needs ports below it, above 10000, \
+             for a server no client port can match"
+        );
+    }
+    let span = low - 10_001;
     Ok(10_000 + (std::process::id() % u32::from(span)) as u16)
 }
 

@@ -4,8 +4,8 @@
 
 use std::io::{self, Write};
 
-/// Standard output that swallows EPIPE: after the first broken-pipe error every further write
-/// succeeds without doing anything. Other errors (a full disk behind a redirect) still surface.
+/// Standard output that swallows EPIPE (and a hung-up terminal's EIO): after the first such
+/// error every further write succeeds without doing anything. Other errors (a full disk behind a redirect) still surface.
 pub struct Stdout {
     inner: io::Stdout,
     closed: bool,
@@ -26,7 +26,12 @@ impl Stdout {
 
     fn guard<T>(&mut self, done: T, r: io::Result<T>) -> io::Result<T> {
         match r {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            // EPIPE for a pipe; EIO (ENXIO) for a terminal that hung up, which a trace that
+            // outlives its session (SIGHUP does not stop it) meets at its next line.
+            Err(e)
+                if e.kind() == io::ErrorKind::BrokenPipe
+                    || matches!(e.raw_os_error(), Some(libc::EIO | libc::ENXIO)) =>
+            {
                 self.closed = true;
                 Ok(done)
             }

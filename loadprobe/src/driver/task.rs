@@ -504,8 +504,15 @@ async fn refuse_tls_server(
     let wait = (connect_took * 3 + TLS_ALERT_WAIT).min(cfg.connect_timeout);
     let answer = timeout(wait, async {
         tcp.write_all(HALF_REQUEST).await?;
-        let mut first = [0u8; 5];
-        let n = tcp.read(&mut first).await?;
+        // The two bytes that tell, even when they come in separate segments.
+        let mut first = [0u8; 2];
+        let mut n = 0;
+        while n < first.len() {
+            match tcp.read(&mut first[n..]).await? {
+                0 => break,
+                got => n += got,
+            }
+        }
         Ok::<_, std::io::Error>(is_tls_record(&first[..n]))
     })
     .await;

@@ -305,8 +305,9 @@ impl Probe {
         };
         let programs: Vec<_> = SOCKET_PROGRAMS.iter().chain(timewait_programs).collect();
         // Every program is verified before the first is attached: the two set_state programs
-        // work as a pair, and the first alone (while the verifier took its time over the
-        // second, on a busy host) noted hits for a partner that was not there yet.
+        // work as a pair, and each hit the first runs for while the second is not attached
+        // leaves an entry behind in their list (on a busy host, as many as the verifier takes
+        // milliseconds).
         for &&(name, _, _) in &programs {
             raw_tracepoint(&mut ebpf, name)?
                 .load()
