@@ -1071,6 +1071,36 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// A child that ended, reaped with wait4: its status, CPU seconds and peak RSS (KiB).
+pub(crate) struct Reaped {
+    pub status: ExitStatus,
+    pub cpu_s: f64,
+    pub rss_kib: u64,
+}
+
+/// Reaps the child `pid` if it has ended (without waiting); its `Child` must then not be waited
+/// for again.
+pub(crate) fn try_reap(pid: libc::pid_t) -> Result<Option<Reaped>> {
+    let mut st: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid out-struct for wait4.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to locals; WNOHANG only asks, for our own child.
+    let r = unsafe { libc::wait4(pid, &mut st, libc::WNOHANG, &mut ru) };
+    if r < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    if r != pid {
+        return Ok(None);
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Some(Reaped {
+        status: ExitStatus::from_raw(st),
+        cpu_s: secs(ru.ru_utime) + secs(ru.ru_stime),
+        // ru_maxrss is in KiB on Linux.
+        rss_kib: ru.ru_maxrss as u64,
+    }))
+}
+
 /// Runs `cmd` with stdout/stderr in files under `dir`, reaping it with wait4 for its peak RSS.
 /// On SIGINT/SIGTERM (or after `limit`) the child gets SIGINT, then SIGKILL.
 fn run_child(cmd: &mut Command, dir: &Path, name: &str, limit: Duration) -> Result<Finished> {
@@ -1085,20 +1115,13 @@ fn run_child(cmd: &mut Command, dir: &Path, name: &str, limit: Duration) -> Resu
     let pid = child.id() as libc::pid_t;
     let started = Instant::now();
     let mut signalled: Option<Instant> = None;
-    let (status, rss_kib, cpu_s) = loop {
-        let mut st: libc::c_int = 0;
-        // SAFETY: an out-struct for wait4 on our own child.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointers; WNOHANG.
-        let r = unsafe { libc::wait4(pid, &mut st, libc::WNOHANG, &mut ru) };
-        if r == pid {
-            // ru_maxrss is in KiB on Linux.
-            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-            let cpu = secs(ru.ru_utime) + secs(ru.ru_stime);
-            break (ExitStatus::from_raw(st), ru.ru_maxrss as u64, cpu);
-        }
-        if r < 0 {
-            bail!("wait4: {}", std::io::Error::last_os_error());
+    let Reaped {
+        status,
+        cpu_s,
+        rss_kib,
+    } = loop {
+        if let Some(reaped) = try_reap(pid)? {
+            break reaped;
         }
         let late = started.elapsed() > limit;
         if INTERRUPTED.load(Ordering::SeqCst) || late {

@@ -24,7 +24,7 @@
 
 use std::ffi::CStr;
 use std::io::Read;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -335,18 +335,10 @@ impl Running {
         let asked = Instant::now();
         let mut killed = false;
         let reaped = loop {
-            let mut st: libc::c_int = 0;
-            // SAFETY: an out-struct for wait4 on our own child.
-            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: valid pointers; WNOHANG.
-            let r = unsafe { libc::wait4(pid, &mut st, libc::WNOHANG, &mut ru) };
-            if r == pid {
-                let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-                let cpu = secs(ru.ru_utime) + secs(ru.ru_stime);
-                break Some((ExitStatus::from_raw(st), cpu, ru.ru_maxrss as u64, killed));
-            }
-            if r < 0 {
-                break None;
+            match super::try_reap(pid) {
+                Ok(Some(r)) => break Some((r.status, r.cpu_s, r.rss_kib, killed)),
+                Ok(None) => {}
+                Err(_) => break None,
             }
             if !killed && asked.elapsed() > STOP_LIMIT {
                 // SAFETY: signalling our own child, not yet reaped.
