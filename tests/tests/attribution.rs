@@ -173,7 +173,8 @@ fn a_client_in_its_own_cgroup_is_named_by_its_path() {
     std::fs::create_dir(&cgroup.0).expect("mkdir cgroup");
     let netns = Netns::for_test("attr-cgroup");
     let _nginx = Nginx::start(netns.name(), 8042);
-    let tracer = Tracer::start(&netns, &[8042]);
+    const METRICS: &str = "127.0.0.1:9472";
+    let tracer = Tracer::start_with(netns.name(), &[8042], &["--metrics", METRICS]);
     // nsenter keeps this mount namespace (ip netns exec gives a /sys without the cgroup
     // mounts): the shell moves itself into the cgroup, then becomes curl.
     let mut cmd = Command::new("nsenter");
@@ -188,6 +189,22 @@ fn a_client_in_its_own_cgroup_is_named_by_its_path() {
     // An outside curl, in this test's own cgroup.
     let outside = curl(&netns, 8042, &[]);
     netns.wait_quiet();
+    // The trace names a cgroup when it reads the connection's first event: only once it has
+    // read both connections' closes is the cgroup's removal sure to come after that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let closed = |s: &loadprobe_tests::Scrape| {
+        s.iter()
+            .filter(|(k, _)| k.starts_with("loadprobe_connections_closed_total{"))
+            .map(|(_, v)| *v)
+            .sum::<f64>()
+    };
+    while closed(&loadprobe_tests::scrape(&netns, METRICS.parse().unwrap())) < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trace never read both closes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     drop(cgroup);
     std::thread::sleep(std::time::Duration::from_millis(200));
     let trace = tracer.stop();
