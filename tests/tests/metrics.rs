@@ -381,13 +381,21 @@ fn idle_metrics_cost_nothing_per_live_timewait_socket() {
     // reuses timewait ports).
     let s = scrape(&netns, ADDR.parse().unwrap());
     let client = |series: &str| get(&s, &format!("loadprobe_time_wait_{series}"));
-    assert_eq!(client("entered_total{side=\"client\"}"), made.len() as u64);
+    // Exact, but for timer hits the kernel skipped (a hit interrupting the same program),
+    // which the probe reports.
+    let entered = client("entered_total{side=\"client\"}");
+    let skipped = get(&s, "loadprobe_skipped_events_total");
+    let made_n = made.len() as u64;
+    assert!(
+        entered <= made_n && made_n - entered <= skipped,
+        "entered {entered} of {made_n}, {skipped} hits skipped"
+    );
     let ended: u64 = ["expired", "reused", "killed"]
         .iter()
         .map(|r| client(&format!("ended_total{{side=\"client\",reason=\"{r}\"}}")))
         .sum();
     let alive = client("alive{side=\"client\",substate=\"TIME_WAIT\"}");
-    assert_eq!(alive + ended, made.len() as u64);
+    assert_eq!(alive + ended, entered);
     assert!(alive > made.len() as u64 / 2, "{s:#?}");
     let trace = tracer.stop();
     assert!(trace.status.success(), "{}", trace.stderr);
